@@ -1,0 +1,2 @@
+"""The kedge coordinator: membership, leases, C4-style diagnosis, policy and recovery actions.
+Never imports torch."""
