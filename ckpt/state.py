@@ -4,7 +4,8 @@ Paths: nesting levels are joined with "/" (a module's own state-dict keys stay a
 their dots: "model/layers.0.weight"); a "/" or "~" inside a key is escaped as "~1" / "~0" (as in JSON
 Pointer). What is accepted, by type:
 - torch.Tensor: a replicated tensor (same value on every rank), written once, by one rank;
-- DTensor (Shard/Replicate on any mesh): each distinct box written once, by one of its holders;
+- DTensor (Shard, Replicate and FSDP2-over-TP _StridedShard on any mesh): each distinct box written
+  once, by one of its holders;
 - LocalShard: this rank's explicitly placed piece of a larger tensor, always written by this rank;
 - nn.Module: its state_dict(); torch.optim.Optimizer: its state keyed by parameter FQN
   ("<path>/state/<fqn>/<key>", the FQN taken from the modules in the same state) plus
