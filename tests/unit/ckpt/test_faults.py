@@ -14,7 +14,7 @@ def test_unarmed_is_noop_and_armed_raises() -> None:
     faults.maybe("test.point")
     faults.arm("test.point", "raise")
     try:
-        with pytest.raises(faults.InjectedFault, match="test.point"):
+        with pytest.raises(faults.InjectedFault, match=r"test\.point"):
             faults.maybe("test.point")
     finally:
         faults.disarm("test.point")
