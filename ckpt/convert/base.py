@@ -12,6 +12,9 @@ largest chunk (or, for sinks that need whole tensors, the largest tensor). Order
     sink.staged_source()              # a source over what was written, for read-back verification
     sink.commit()  or  sink.abort()   # make the output visible atomically, or remove every byte
 
+A chunk's tensor is only valid until the next chunk is requested or the iterator is closed (a
+source may reuse or release its memory then); sinks must not keep references to it.
+
 A new format is one new module with a source and/or a sink class, registered in `formats.py`.
 """
 

@@ -214,6 +214,7 @@ class DcpSource:
             if dtype_name(tensor.dtype) != meta.dtype:
                 raise ConvertError(f"{self._path}: chunk of {meta.name!r} has dtype {tensor.dtype}")
             yield Chunk(offsets=offsets, sizes=sizes, tensor=tensor.contiguous())
+            del tensor  # before the next chunk is loaded
 
     def close(self) -> None:
         for handle in self._handles.values():

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import math
 import re
 import sys
 import time
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -146,11 +148,17 @@ def _cast(chunk: Chunk, target: TensorMeta) -> Chunk:
     return Chunk(chunk.offsets, chunk.sizes, chunk.tensor.to(torch_dtype(target.dtype)).contiguous())
 
 
-def _chunks(source: TensorSource, entry: PlanEntry, whole: bool) -> list[Chunk] | Any:
+def _chunks(source: TensorSource, entry: PlanEntry, whole: bool) -> Iterator[Chunk]:
     chunks = source.read(entry.source)
-    if whole:
-        return iter([whole_chunk(assemble(entry.source, chunks))])
-    return chunks
+    if not whole:
+        yield from chunks
+        return
+    yield whole_chunk(assemble(entry.source, chunks))
+    # Closed only now, after the sink wrote the tensor: a source may release the data on close
+    # (the torch.save reader drops the memory-mapped pages).
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
 
 
 @contextlib.contextmanager
@@ -163,6 +171,23 @@ def _writing(target: str) -> Iterator[None]:
         raise OutputError(f"{target}: writing failed: {describe_os_error(e)}") from e
 
 
+def _move(
+    chunk: Chunk,
+    target_meta: TensorMeta,
+    sink: TensorSink,
+    crcs: dict[tuple[str, tuple[int, ...]], int] | None,
+    crc_pool: ThreadPoolExecutor,
+    target: str,
+) -> None:
+    """Writes one chunk, hashing it on a second thread meanwhile (zlib releases the GIL)."""
+    chunk = _cast(chunk, target_meta)
+    crc = crc_pool.submit(zlib.crc32, tensor_bytes(chunk.tensor)) if crcs is not None else None
+    with _writing(target):
+        sink.write(target_meta, chunk)
+    if crc is not None and crcs is not None:
+        crcs[(target_meta.name, chunk.offsets)] = crc.result()
+
+
 def convert(source: TensorSource, sink: TensorSink, plan: Plan, options: Options, target: str) -> Report:
     """Writes the plan into the sink, verifies and commits; on any error the sink is aborted."""
     started = time.monotonic()
@@ -172,15 +197,12 @@ def convert(source: TensorSource, sink: TensorSink, plan: Plan, options: Options
     try:
         with _writing(target):
             sink.begin([e.target for e in plan.tensors], plan.values)
-        for entry in plan.tensors:
-            for chunk in _chunks(source, entry, sink.whole_tensors):
-                chunk = _cast(chunk, entry.target)
-                with _writing(target):
-                    sink.write(entry.target, chunk)
-                data = tensor_bytes(chunk.tensor)
-                if options.verify:
-                    crcs[(entry.target.name, chunk.offsets)] = zlib.crc32(data)
-                bar.update(len(data))
+        with ThreadPoolExecutor(1, thread_name_prefix="convert-crc") as crc_pool:
+            for entry in plan.tensors:
+                for chunk in _chunks(source, entry, sink.whole_tensors):
+                    _move(chunk, entry.target, sink, crcs if options.verify else None, crc_pool, target)
+                    bar.update(entry.target.nbytes * math.prod(chunk.sizes) // max(entry.target.numel, 1))
+                    del chunk  # before the next read: only one chunk is alive at a time
         with _writing(target):
             sink.end()
         bar.close()
@@ -212,13 +234,13 @@ def _verify(
         seen = 0
         for meta in expected.values():
             for chunk in staged.read(meta):
-                data = tensor_bytes(chunk.tensor)
-                if crcs.get((meta.name, chunk.offsets)) != zlib.crc32(data):
+                if crcs.get((meta.name, chunk.offsets)) != zlib.crc32(tensor_bytes(chunk.tensor)):
                     raise ConvertError(
                         f"read-back of tensor {meta.name!r} at {chunk.offsets} differs (CRC32)"
                     )
                 seen += 1
-                bar.update(len(data))
+                bar.update(chunk.tensor.numel() * chunk.tensor.element_size())
+                del chunk  # before the next read: only one chunk is alive at a time
         if seen != len(crcs):
             raise ConvertError(f"read-back found {seen} chunks, {len(crcs)} were written")
     finally:

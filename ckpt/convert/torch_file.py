@@ -88,6 +88,8 @@ def _first_line(error: BaseException) -> str:
 
 _PAGE = mmap.PAGESIZE
 _MADV_DONTNEED = 4
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 
 def _drop_pages(tensor: Any) -> None:
@@ -95,9 +97,7 @@ def _drop_pages(tensor: Any) -> None:
     start = -(-tensor.data_ptr() // _PAGE) * _PAGE
     end = (tensor.data_ptr() + tensor.numel() * tensor.element_size()) // _PAGE * _PAGE
     if end > start:
-        ctypes.CDLL(None, use_errno=True).madvise(
-            ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED
-        )
+        _LIBC.madvise(start, end - start, _MADV_DONTNEED)  # best effort: a failure only costs memory
 
 
 class TorchFileSource:
