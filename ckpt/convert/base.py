@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import mmap
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -158,6 +159,24 @@ def tensor_bytes(tensor: torch.Tensor) -> memoryview:
         return memoryview(bytearray())
     buf = (ctypes.c_ubyte * nbytes).from_address(tensor.data_ptr())
     return memoryview(buf).cast("B")
+
+
+_PAGE = mmap.PAGESIZE
+_MADV_DONTNEED = 4
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
+def drop_pages(tensor: torch.Tensor) -> None:
+    """Releases the resident pages of a tensor memory-mapped from a file it does not write.
+
+    Sources that memory-map their input call this once a tensor has been written, so resident
+    memory stays near one tensor; the pages refault from the file if touched again.
+    """
+    start = -(-tensor.data_ptr() // _PAGE) * _PAGE
+    end = (tensor.data_ptr() + tensor.numel() * tensor.element_size()) // _PAGE * _PAGE
+    if end > start:
+        _LIBC.madvise(start, end - start, _MADV_DONTNEED)  # best effort: a failure only costs memory
 
 
 def empty_tensor(dtype: str, shape: tuple[int, ...]) -> torch.Tensor:

@@ -16,18 +16,24 @@ import re
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from kedge.ckpt.convert.base import (
+    DTYPE_ITEMSIZE,
     Chunk,
     ConvertError,
     TensorMeta,
     TensorSource,
+    drop_pages,
     empty_tensor,
     tensor_bytes,
+    torch_dtype,
     whole_chunk,
 )
 from kedge.ckpt.convert.staging import StagedPath
+
+if TYPE_CHECKING:
+    import torch
 
 INDEX_NAME = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
@@ -139,6 +145,7 @@ class SafetensorsSource:
             for name, (meta, offset) in header.entries.items():
                 self._where[name] = (meta, file, offset)
         self._handles: dict[Path, io.BufferedReader] = {}
+        self._maps: dict[Path, torch.UntypedStorage] = {}
 
     @staticmethod
     def _files_from_index(index: Path) -> list[Path]:
@@ -163,6 +170,32 @@ class SafetensorsSource:
 
     def read(self, meta: TensorMeta) -> Iterator[Chunk]:
         _, file, offset = self._where[meta.name]
+        if meta.nbytes and offset % DTYPE_ITEMSIZE[meta.dtype] == 0:
+            # Memory-mapped: no copy into a fresh buffer; the pages are dropped after the write.
+            tensor = self._mapped_tensor(file, offset, meta)
+            try:
+                yield whole_chunk(tensor)
+            finally:
+                drop_pages(tensor)
+            return
+        yield self._read_copy(file, offset, meta)
+
+    def _mapped_tensor(self, file: Path, offset: int, meta: TensorMeta) -> torch.Tensor:
+        import torch
+
+        if file not in self._maps:
+            size = file.stat().st_size
+            mapped = torch.UntypedStorage.from_file(str(file), shared=False, nbytes=size)
+            self._maps[file] = cast("torch.UntypedStorage", mapped)
+        storage = self._maps[file]
+        itemsize = DTYPE_ITEMSIZE[meta.dtype]
+        stride = [1] * len(meta.shape)
+        for dim in range(len(meta.shape) - 2, -1, -1):
+            stride[dim] = stride[dim + 1] * max(meta.shape[dim + 1], 1)
+        empty = torch.empty(0, dtype=torch_dtype(meta.dtype))
+        return empty.set_(storage, offset // itemsize, meta.shape, tuple(stride))
+
+    def _read_copy(self, file: Path, offset: int, meta: TensorMeta) -> Chunk:
         handle = self._handles.get(file)
         if handle is None:
             handle = self._handles[file] = file.open("rb")
@@ -170,12 +203,13 @@ class SafetensorsSource:
         handle.seek(offset)
         if handle.readinto(tensor_bytes(tensor)) != meta.nbytes:
             raise ConvertError(f"{file}: truncated while reading tensor {meta.name!r}")
-        yield whole_chunk(tensor)
+        return whole_chunk(tensor)
 
     def close(self) -> None:
         for handle in self._handles.values():
             handle.close()
         self._handles.clear()
+        self._maps.clear()
 
 
 # ----------------------------------------------------------------------------------- writing

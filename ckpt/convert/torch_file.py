@@ -14,9 +14,7 @@ with `weights_only=True`.
 from __future__ import annotations
 
 import collections
-import ctypes
 import io
-import mmap
 import pickle
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -27,6 +25,7 @@ from kedge.ckpt.convert.base import (
     ConvertError,
     TensorMeta,
     TensorSource,
+    drop_pages,
     dtype_name,
     torch_dtype,
     whole_chunk,
@@ -86,20 +85,6 @@ def _first_line(error: BaseException) -> str:
     return lines[0][:200] if lines else type(error).__name__
 
 
-_PAGE = mmap.PAGESIZE
-_MADV_DONTNEED = 4
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_LIBC.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-
-
-def _drop_pages(tensor: Any) -> None:
-    """Releases the resident pages of a memory-mapped, read-only tensor (they refault from the file)."""
-    start = -(-tensor.data_ptr() // _PAGE) * _PAGE
-    end = (tensor.data_ptr() + tensor.numel() * tensor.element_size()) // _PAGE * _PAGE
-    if end > start:
-        _LIBC.madvise(start, end - start, _MADV_DONTNEED)  # best effort: a failure only costs memory
-
-
 class TorchFileSource:
     """A `torch.save` file; nested dicts/lists are flattened to dotted names."""
 
@@ -130,7 +115,7 @@ class TorchFileSource:
         try:
             yield whole_chunk(tensor.contiguous())
         finally:
-            _drop_pages(tensor)
+            drop_pages(tensor)
 
     def close(self) -> None:
         self._tensors.clear()
