@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import logging
 import math
 import re
 import sys
@@ -35,6 +36,8 @@ from kedge.ckpt.convert.base import (
     whole_chunk,
 )
 from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
 
 DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
@@ -167,7 +170,8 @@ def _writing(target: str) -> Iterator[None]:
         yield
     except ConvertError:
         raise
-    except (OSError, RuntimeError) as e:
+    except Exception as e:  # any sink failure (OSError, torch's RuntimeError, StorageError) is one line
+        logger.debug("event=convert_write_failed target=%s", target, exc_info=True)
         raise OutputError(f"{target}: writing failed: {describe_os_error(e)}") from e
 
 
