@@ -23,8 +23,10 @@ from __future__ import annotations
 import ctypes
 import math
 import mmap
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -177,6 +179,32 @@ def drop_pages(tensor: torch.Tensor) -> None:
     end = (tensor.data_ptr() + tensor.numel() * tensor.element_size()) // _PAGE * _PAGE
     if end > start:
         _LIBC.madvise(start, end - start, _MADV_DONTNEED)  # best effort: a failure only costs memory
+
+
+def _crc32c_library() -> Any:
+    """google-crc32c's shared library, called through ctypes: it hashes a tensor in place (the
+    Python binding accepts only bytes, a copy) at hardware speed, without the GIL."""
+    try:
+        import google_crc32c
+
+        libs = Path(google_crc32c.__file__).parent.with_name("google_crc32c.libs")
+        lib = ctypes.CDLL(str(next(libs.glob("libcrc32c*.so*"))))
+        lib.crc32c_extend.argtypes = [ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t]
+        lib.crc32c_extend.restype = ctypes.c_uint32
+        return lib.crc32c_extend
+    except (ImportError, StopIteration, OSError, AttributeError):
+        return None
+
+
+_CRC32C_EXTEND = _crc32c_library()
+
+
+def checksum(tensor: torch.Tensor) -> int:
+    """A checksum of a contiguous CPU tensor's bytes (CRC32C, or zlib's CRC32 without the library)."""
+    nbytes = tensor.numel() * tensor.element_size()
+    if _CRC32C_EXTEND is not None and nbytes:
+        return int(_CRC32C_EXTEND(0, tensor.data_ptr(), nbytes))
+    return zlib.crc32(tensor_bytes(tensor))
 
 
 def empty_tensor(dtype: str, shape: tuple[int, ...]) -> torch.Tensor:

@@ -147,6 +147,7 @@ class KedgeSink:
             self._storage = Storage(self._url)
         self._writer: Any = None
         self._overwrite = overwrite
+        self._started = False
 
     def _check_remote(self, overwrite: bool) -> None:
         step_dir = self._storage.step_dir(self._step)
@@ -166,6 +167,7 @@ class KedgeSink:
             self._staged.create()
         else:
             self._check_remote(self._overwrite)
+            self._started = True  # from here on, the step under construction is ours to remove
         self._values = {k: v for k, v in values.items() if _json_value(k, v)}
         self._writer = RankWriter(self._storage, self._step, 0, self._codec)
 
@@ -191,6 +193,8 @@ class KedgeSink:
         if self._staged is not None:
             self._staged.abort()
             return
+        if not self._started:
+            return  # refused before writing: an existing step is not ours to remove
         try:
             self._storage.remove_tree(self._storage.step_dir(self._step))
         except Exception as e:  # best effort: the step has no manifest, so it is not loadable anyway

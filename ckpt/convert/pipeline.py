@@ -1,7 +1,7 @@
 """Moves tensors from a source to a sink one chunk at a time: select, rename, cast, verify, commit.
 
-Verification (on unless `--no-verify`): the CRC32 of every chunk's bytes is recorded as it is
-written (zlib's, because it hashes a memoryview in place and releases the GIL); after `sink.end()` the staged output is opened with the same format's reader and every
+Verification (on unless `--no-verify`): the checksum (CRC32C) of every chunk's bytes is recorded
+as it is written, on a second thread; after `sink.end()` the staged output is opened with the same format's reader and every
 chunk is read back and compared (names, dtypes, shapes, bytes). Only then is the output committed
 (made visible); on any failure the sink removes everything it wrote.
 """
@@ -15,7 +15,6 @@ import math
 import re
 import sys
 import time
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,8 +29,8 @@ from kedge.ckpt.convert.base import (
     TensorSink,
     TensorSource,
     assemble,
+    checksum,
     describe_os_error,
-    tensor_bytes,
     torch_dtype,
     whole_chunk,
 )
@@ -53,7 +52,7 @@ class Options:
     dtype: str | None = None
     """Cast floating-point tensors to this dtype (torch name); integer tensors are left alone."""
     verify: bool = True
-    """Read back every written chunk and compare its CRC32 before committing."""
+    """Read back every written chunk and compare its checksum before committing."""
     progress: bool = True
     """Show a progress bar (bytes and rate) on stderr."""
 
@@ -183,9 +182,9 @@ def _move(
     crc_pool: ThreadPoolExecutor,
     target: str,
 ) -> None:
-    """Writes one chunk, hashing it on a second thread meanwhile (zlib releases the GIL)."""
+    """Writes one chunk, hashing it on a second thread meanwhile (the hash runs without the GIL)."""
     chunk = _cast(chunk, target_meta)
-    crc = crc_pool.submit(zlib.crc32, tensor_bytes(chunk.tensor)) if crcs is not None else None
+    crc = crc_pool.submit(checksum, chunk.tensor) if crcs is not None else None
     with _writing(target):
         sink.write(target_meta, chunk)
     if crc is not None and crcs is not None:
@@ -238,9 +237,9 @@ def _verify(
         seen = 0
         for meta in expected.values():
             for chunk in staged.read(meta):
-                if crcs.get((meta.name, chunk.offsets)) != zlib.crc32(tensor_bytes(chunk.tensor)):
+                if crcs.get((meta.name, chunk.offsets)) != checksum(chunk.tensor):
                     raise ConvertError(
-                        f"read-back of tensor {meta.name!r} at {chunk.offsets} differs (CRC32)"
+                        f"read-back of tensor {meta.name!r} at {chunk.offsets} differs (checksum)"
                     )
                 seen += 1
                 bar.update(chunk.tensor.numel() * chunk.tensor.element_size())
