@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from kedge.ckpt.convert.base import (
@@ -67,7 +67,6 @@ class PlanEntry:
 class Plan:
     tensors: list[PlanEntry]
     values: dict[str, Any]
-    dropped: list[str] = field(default_factory=list)
 
     @property
     def total_bytes(self) -> int:
