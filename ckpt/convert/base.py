@@ -98,6 +98,9 @@ class Chunk:
     offsets: tuple[int, ...]
     sizes: tuple[int, ...]
     tensor: torch.Tensor
+    file_range: tuple[str, int] | None = None
+    """(path, byte offset) when the tensor's bytes lie as they are in a local file: a sink may copy
+    them in the kernel (copy_file_range) instead of through memory."""
 
 
 class TensorSource(Protocol):
@@ -217,11 +220,11 @@ def whole_chunk(tensor: torch.Tensor) -> Chunk:
     return Chunk(offsets=(0,) * tensor.dim(), sizes=tuple(tensor.shape), tensor=tensor)
 
 
-def assemble(meta: TensorMeta, chunks: Iterator[Chunk]) -> torch.Tensor:
-    """Joins a tensor's chunks into one tensor; refuses gaps (a chunk missing from the source)."""
+def assemble(meta: TensorMeta, chunks: Iterator[Chunk]) -> Chunk:
+    """Joins a tensor's chunks into one; refuses gaps (a chunk missing from the source)."""
     first = next(chunks, None)
     if first is not None and first.sizes == meta.shape:
-        return first.tensor
+        return first
     out = empty_tensor(meta.dtype, meta.shape)
     covered = 0
     for chunk in [first, *chunks] if first is not None else []:
@@ -230,4 +233,4 @@ def assemble(meta: TensorMeta, chunks: Iterator[Chunk]) -> torch.Tensor:
         covered += math.prod(chunk.sizes)
     if covered != meta.numel:
         raise ConvertError(f"tensor {meta.name}: chunks cover {covered} of {meta.numel} elements")
-    return out
+    return whole_chunk(out)

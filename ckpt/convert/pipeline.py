@@ -32,7 +32,6 @@ from kedge.ckpt.convert.base import (
     checksum,
     describe_os_error,
     torch_dtype,
-    whole_chunk,
 )
 from tqdm import tqdm
 
@@ -154,7 +153,7 @@ def _chunks(source: TensorSource, entry: PlanEntry, whole: bool) -> Iterator[Chu
     if not whole:
         yield from chunks
         return
-    yield whole_chunk(assemble(entry.source, chunks))
+    yield assemble(entry.source, chunks)
     # Closed only now, after the sink wrote the tensor: a source may release the data on close
     # (the torch.save reader drops the memory-mapped pages).
     close = getattr(chunks, "close", None)
