@@ -210,6 +210,25 @@ def checksum(tensor: torch.Tensor) -> int:
     return zlib.crc32(tensor_bytes(tensor))
 
 
+def exact_storage(tensor: torch.Tensor) -> torch.Tensor:
+    """The same bytes as a tensor whose storage is exactly them (zero-copy for contiguous tensors).
+
+    torch.save writes a tensor's whole storage; a view into a larger storage (a memory-mapped
+    file, a slice) would otherwise drag all of it into the output.
+    """
+    import torch
+
+    nbytes = tensor.numel() * tensor.element_size()
+    storage = tensor.untyped_storage()
+    if tensor.storage_offset() == 0 and storage.nbytes() == nbytes:
+        return tensor
+    if not tensor.is_contiguous():
+        return tensor.clone()
+    start = tensor.storage_offset() * tensor.element_size()
+    exact = storage[start : start + nbytes]
+    return torch.empty(0, dtype=tensor.dtype).set_(exact, 0, tensor.shape, tensor.stride())
+
+
 def empty_tensor(dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
     import torch
 

@@ -28,6 +28,7 @@ from kedge.ckpt.convert.base import (
     TensorSource,
     check_dtype,
     dtype_name,
+    exact_storage,
 )
 from kedge.ckpt.convert.staging import StagedPath
 
@@ -266,7 +267,7 @@ class DcpSink:
         assert self._handle is not None
         chunks = self._chunks.setdefault(meta.name, [])
         start = self._handle.tell()
-        torch.save(chunk.tensor, self._handle)
+        torch.save(exact_storage(chunk.tensor), self._handle)
         self._storage[(meta.name, chunk.offsets)] = (start, self._handle.tell() - start, len(chunks))
         chunks.append((chunk.offsets, chunk.sizes))
 

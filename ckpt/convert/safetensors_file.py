@@ -189,12 +189,12 @@ class SafetensorsSource:
             mapped = torch.UntypedStorage.from_file(str(file), shared=False, nbytes=size)
             self._maps[file] = cast("torch.UntypedStorage", mapped)
         storage = self._maps[file]
-        itemsize = DTYPE_ITEMSIZE[meta.dtype]
         stride = [1] * len(meta.shape)
         for dim in range(len(meta.shape) - 2, -1, -1):
             stride[dim] = stride[dim + 1] * max(meta.shape[dim + 1], 1)
         empty = torch.empty(0, dtype=torch_dtype(meta.dtype))
-        return empty.set_(storage, offset // itemsize, meta.shape, tuple(stride))
+        # A storage of exactly this tensor's bytes (a zero-copy slice of the file mapping).
+        return empty.set_(storage[offset : offset + meta.nbytes], 0, meta.shape, tuple(stride))
 
     def _read_copy(self, file: Path, offset: int, meta: TensorMeta) -> Chunk:
         handle = self._handles.get(file)

@@ -27,6 +27,7 @@ from kedge.ckpt.convert.base import (
     TensorSource,
     drop_pages,
     dtype_name,
+    exact_storage,
     torch_dtype,
     whole_chunk,
 )
@@ -249,10 +250,8 @@ class TorchFileSink:
         self._file.check()
 
     def write(self, meta: TensorMeta, chunk: Chunk) -> None:
-        tensor = chunk.tensor
+        tensor = exact_storage(chunk.tensor)  # the record is the whole storage: exactly this tensor
         nbytes = tensor.numel() * tensor.element_size()
-        if tensor.storage_offset() != 0 or tensor.untyped_storage().nbytes() != nbytes:
-            tensor = tensor.clone()  # the record is the whole storage, so it must be exactly this tensor
         self._writer.write_record(f"data/{self._keys[meta.name]}", tensor.untyped_storage(), nbytes)
         assert self._file is not None
         self._file.check()

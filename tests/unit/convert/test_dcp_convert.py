@@ -82,3 +82,16 @@ def test_metadata_unpickler_admits_only_dcp_classes(convert, tmp_path: Path) -> 
     dcp_save(tmp_path / "ck", compressed=False)
     (tmp_path / "ck" / ".metadata").write_bytes(pickle.dumps(Evil()))
     convert(tmp_path / "ck", tmp_path / "out.pt").one_line_error(".metadata", "not allowed")
+
+
+def test_dcp_output_holds_each_tensor_once(convert, tmp_path: Path) -> None:
+    """Tensors memory-mapped from one input file must not drag the whole mapping into each record."""
+    from safetensors.torch import save_file
+
+    tensors = {f"t{i}": torch.randn(4096) for i in range(8)}
+    save_file(tensors, tmp_path / "a.safetensors")
+    assert convert(tmp_path / "a.safetensors", tmp_path / "d", "--to", "dcp").code == 0
+    assert convert(tmp_path / "a.safetensors", tmp_path / "t.pt").code == 0
+    payload = sum(t.nbytes for t in tensors.values())
+    assert (tmp_path / "d" / "__0_0.distcp").stat().st_size < 1.5 * payload
+    assert (tmp_path / "t.pt").stat().st_size < 1.5 * payload
