@@ -1,0 +1,169 @@
+"""The asynchronous `Checkpointer`: lazy snapshot, then host -> local -> remote in the background.
+
+Order of calls (each rank makes every call; rank 0 commits in the background, no collective is used):
+
+    ck = Checkpointer("/nvme/run1", remote="s3://bucket/run1", host_cache_bytes=32 << 30)
+    step = ck.load(state)                  # latest committed (local first, else remote), or None
+    for step in ...:
+        train_step()                       # optimizer.step() waits for a pending snapshot (pre-hook)
+        if step % 100 == 0:
+            h = ck.save(step, state)       # returns at once; h.wait("host" | "local" | "remote")
+    ck.close()                             # drains within close_timeout_s, then aborts; no thread left
+
+`save()` raises `CheckpointFailed` for an earlier checkpoint that failed in the background (after
+admitting the new one); `wait()` raises it too. Code that mutates saved tensors outside an optimizer
+step (buffers updated in forward, manual edits) must call `h.wait("host")` first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from kedge.ckpt.engine.job import CheckpointHandle
+from kedge.ckpt.engine.metrics import CheckpointMetrics
+from kedge.ckpt.engine.pipeline import Engine, EngineConfig
+from kedge.ckpt.engine.plan_cache import PlanCache
+
+_log = logging.getLogger(__name__)
+
+
+def _default_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class Checkpointer:
+    """Lazy asynchronous multi-level checkpointer (see the module docstring for the call order)."""
+
+    def __init__(
+        self,
+        url: str | None,
+        *,
+        remote: str | None = None,
+        host_cache_bytes: int = 4 << 30,
+        compression: str = "zstd",
+        keep_local: int = 2,
+        keep_remote: int | None = None,
+        remote_every_steps: int = 1,
+        policy: str = "skip",
+        max_in_flight: int = 2,
+        writer_threads: int = 2,
+        slab_bytes: int = 64 << 20,
+        rank: int | None = None,
+        world_size: int | None = None,
+        storage_options: Mapping[str, Any] | None = None,
+        remote_options: Mapping[str, Any] | None = None,
+        config: EngineConfig | None = None,
+    ) -> None:
+        from kedge.ckpt.storage import Storage
+
+        if rank is None or world_size is None:
+            default_rank, default_world = _default_world()
+            rank = default_rank if rank is None else rank
+            world_size = default_world if world_size is None else world_size
+        if config is None:
+            config = EngineConfig(
+                rank=rank,
+                world_size=world_size,
+                host_cache_bytes=host_cache_bytes,
+                slab_bytes=slab_bytes,
+                codec=_codec_name(compression),
+                writer_threads=writer_threads,
+                max_in_flight=max_in_flight,
+                policy=policy,
+                keep_local=keep_local,
+                keep_remote=keep_remote,
+                remote_every_steps=remote_every_steps,
+            )
+        self.config = config
+        self._local = Storage(url, **dict(storage_options or {})) if url else None
+        self._remote = Storage(remote, **dict(remote_options or {})) if remote else None
+        self._engine = Engine(config, local=self._local, remote=self._remote)
+        self._plans = PlanCache()
+
+    @property
+    def metrics(self) -> CheckpointMetrics:
+        """Counters: saves, skipped_<level>, failed_<level>, committed_<level>, retries_remote, ..."""
+        return self._engine.metrics
+
+    def pool_bytes(self) -> int:
+        """Bytes of the host buffer pool (allocated once, reused by every checkpoint)."""
+        return self._engine.pool.capacity_bytes
+
+    def save(self, step: int, state: Mapping[str, Any]) -> CheckpointHandle:
+        """Starts a checkpoint of state at step and returns at once (see the module docstring)."""
+        started = time.perf_counter()
+        plan = self._plans.plan(state, self.config.rank, self.config.world_size)
+        job = self._engine.submit(step, plan.shards, dict(plan.values), list(plan.optimizers))
+        handle = CheckpointHandle(job, self._engine.wait_host)
+        self.metrics.add("save_call_s", time.perf_counter() - started)
+        self._engine.raise_pending_errors()
+        return handle
+
+    def wait(self, level: str = "local", timeout_s: float | None = None) -> None:
+        """Waits until every checkpoint saved so far settled level; raises CheckpointFailed for any
+        background failure not reported yet."""
+        self._engine.wait(level, timeout_s)
+        self._engine.raise_pending_errors()
+
+    def steps(self) -> list[int]:
+        """Committed steps, local and remote together, ascending."""
+        found: set[int] = set()
+        for storage in (self._local, self._remote):
+            if storage is not None:
+                found.update(storage.committed_steps())
+        return sorted(found)
+
+    def latest_step(self) -> int | None:
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def load(self, state: Mapping[str, Any], step: int | None = None) -> int | None:
+        """Loads step (default: the latest committed) into state in place, resharding; returns the
+        step loaded, or None when there is no checkpoint."""
+        from kedge.ckpt.reader import load_into
+
+        step = self.latest_step() if step is None else step
+        if step is None:
+            return None
+        storage = self._storage_with(step)
+        load_into(storage, step, state, self.config.rank, self.config.world_size)
+        return step
+
+    def _storage_with(self, step: int) -> Any:
+        from kedge.ckpt.errors import NotFoundError
+
+        for storage in (self._local, self._remote):
+            if storage is not None and step in storage.committed_steps():
+                return storage
+        raise NotFoundError(f"step {step} is not committed at any level")
+
+    def status(self) -> dict[int, dict[str, str]]:
+        """Per recent checkpoint, the status of each level."""
+        return self._engine.pending_levels()
+
+    def close(self, *, drain: bool = True, timeout_s: float | None = None) -> None:
+        """Drains in-flight checkpoints (or aborts them when drain is False), bounded, and stops
+        every background thread."""
+        self._engine.close(drain=drain, timeout_s=timeout_s)
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _codec_name(compression: str | None) -> str:
+    """The public compression name -> the codec: "zstd" means byte-grouped zstd for tensors."""
+    if compression in (None, "none", "raw"):
+        return "raw"
+    if compression == "zstd":
+        return "bgzstd"
+    return compression
