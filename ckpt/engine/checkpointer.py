@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from kedge.ckpt.engine.job import CheckpointHandle
@@ -96,12 +96,17 @@ class Checkpointer:
         """Bytes of the host buffer pool (allocated once, reused by every checkpoint)."""
         return self._engine.pool.capacity_bytes
 
+    def wait_pool_ready(self, timeout_s: float) -> bool:
+        """Waits until the host pool is fully allocated (and pinned); True when it is. Optional: the
+        first snapshot waits for it anyway, in the background."""
+        return self._engine.pool.wait_ready(timeout_s)
+
     def save(self, step: int, state: Mapping[str, Any]) -> CheckpointHandle:
         """Starts a checkpoint of state at step and returns at once (see the module docstring)."""
         started = time.perf_counter()
         plan = self._plans.plan(state, self.config.rank, self.config.world_size)
         job = self._engine.submit(step, plan.shards, dict(plan.values), list(plan.optimizers))
-        handle = CheckpointHandle(job, self._engine.wait_host)
+        handle = CheckpointHandle(job, self._engine.wait_host, self._engine.acknowledge)
         self.metrics.add("save_call_s", time.perf_counter() - started)
         self._engine.raise_pending_errors()
         return handle
@@ -113,18 +118,25 @@ class Checkpointer:
         self._engine.raise_pending_errors()
 
     def steps(self) -> list[int]:
-        """Committed steps, local and remote together, ascending."""
+        """Committed steps, local and remote together, ascending (an unreachable level is logged and
+        left out, so a broken remote never hides the local checkpoints)."""
+        from kedge.ckpt.errors import CkptError
+
         found: set[int] = set()
         for storage in (self._local, self._remote):
-            if storage is not None:
+            if storage is None:
+                continue
+            try:
                 found.update(storage.committed_steps())
+            except CkptError as exc:
+                _log.warning("event=ckpt_level_unreadable url=%s error=%r", storage.url, exc)
         return sorted(found)
 
     def latest_step(self) -> int | None:
         steps = self.steps()
         return steps[-1] if steps else None
 
-    def load(self, state: Mapping[str, Any], step: int | None = None) -> int | None:
+    def load(self, state: MutableMapping[str, Any], step: int | None = None) -> int | None:
         """Loads step (default: the latest committed) into state in place, resharding; returns the
         step loaded, or None when there is no checkpoint."""
         from kedge.ckpt.reader import load_into

@@ -59,7 +59,9 @@ class CheckpointJob:
     def is_pending(self, level: str) -> bool:
         return self.status(level) == PENDING
 
-    def settle(self, level: str, status: str, *, error: BaseException | None = None, reason: str = "") -> bool:
+    def settle(
+        self, level: str, status: str, *, error: BaseException | None = None, reason: str = ""
+    ) -> bool:
         """Moves a pending level to a terminal status; False if it was already terminal."""
         with self.cond:
             state = self.levels[level]
@@ -96,7 +98,9 @@ class CheckpointJob:
             return state.reached_monotonic_s - self.created_monotonic_s
 
 
-def new_job(step: int, shards: list[Any], values: dict[str, Any], *, has_local: bool, has_remote: bool) -> CheckpointJob:
+def new_job(
+    step: int, shards: list[Any], values: dict[str, Any], *, has_local: bool, has_remote: bool
+) -> CheckpointJob:
     levels = {
         "host": LevelState(),
         "local": LevelState() if has_local else LevelState(status=ABSENT),
@@ -108,9 +112,15 @@ def new_job(step: int, shards: list[Any], values: dict[str, Any], *, has_local: 
 class CheckpointHandle:
     """What `Checkpointer.save()` returns: per-level status of one checkpoint and `wait(level)`."""
 
-    def __init__(self, job: CheckpointJob, wait_host: Callable[[CheckpointJob, float | None], None]) -> None:
+    def __init__(
+        self,
+        job: CheckpointJob,
+        wait_host: Callable[[CheckpointJob, float | None], None],
+        acknowledge: Callable[[CheckpointJob], None],
+    ) -> None:
         self._job = job
         self._wait_host = wait_host
+        self._acknowledge = acknowledge
 
     @property
     def step(self) -> int:
@@ -141,6 +151,7 @@ class CheckpointHandle:
         if state.status == ABSENT:
             raise ValueError(f"this checkpointer has no {level} level")
         if state.status == FAILED:
+            self._acknowledge(self._job)  # reported here: the next save() does not raise it again
             raise CheckpointFailed(f"checkpoint step={self.step} failed at level={level}: {state.reason}")
         return state.status == REACHED
 

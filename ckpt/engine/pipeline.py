@@ -26,14 +26,13 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from kedge.ckpt import faults
 from kedge.ckpt.engine import remote as remote_level
 from kedge.ckpt.engine.guard import SnapshotGuard, wait_snapshot
-from kedge.ckpt.engine.job import FAILED, LEVELS, PENDING, REACHED, SKIPPED, CheckpointJob, new_job
+from kedge.ckpt.engine.job import FAILED, LEVELS, REACHED, SKIPPED, CheckpointJob, new_job
 from kedge.ckpt.engine.metrics import CheckpointMetrics
 from kedge.ckpt.engine.pool import HostPool
 from kedge.ckpt.engine.retry import RetryPolicy
@@ -110,7 +109,7 @@ class Engine:
         self._stop = threading.Event()
         self._closed = False
         self._lock = threading.Lock()
-        self._errors: deque[str] = deque(maxlen=_ERRORS_KEPT)
+        self._errors: deque[tuple[CheckpointJob, str]] = deque(maxlen=_ERRORS_KEPT)
         self._in_flight: list[CheckpointJob] = []
         self._all_jobs: deque[CheckpointJob] = deque(maxlen=64)
         self._local_steps: list[int] = []
@@ -122,22 +121,32 @@ class Engine:
         self._slab_q: queue.Queue[tuple[CheckpointJob, FilledSlab] | None] = queue.Queue(
             maxsize=self.pool.slab_count + config.writer_threads + 1
         )
-        self._commit_q: queue.Queue[CheckpointJob | None] = queue.Queue(maxsize=config.max_in_flight + 1)
+        # Not sized: admission bounds it (at most max_in_flight jobs are between save and commit), and a
+        # put here must never block a writer that the committer no longer drains after close().
+        self._commit_q: queue.Queue[CheckpointJob | None] = queue.Queue()
         self._remote_queue = remote_level.RemoteQueue(policy=config.policy)
-        self._threads = [threading.Thread(target=self._snapshot_loop, name="kedge-ckpt-snapshot", daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._snapshot_loop, name="kedge-ckpt-snapshot", daemon=True)
+        ]
         self._threads += [
             threading.Thread(target=self._writer_loop, name=f"kedge-ckpt-writer-{i}", daemon=True)
             for i in range(max(1, config.writer_threads))
         ]
-        self._threads.append(threading.Thread(target=self._commit_loop, name="kedge-ckpt-commit", daemon=True))
+        self._threads.append(
+            threading.Thread(target=self._commit_loop, name="kedge-ckpt-commit", daemon=True)
+        )
         if local is not None and remote is not None:
-            self._threads.append(threading.Thread(target=self._remote_loop, name="kedge-ckpt-remote", daemon=True))
+            self._threads.append(
+                threading.Thread(target=self._remote_loop, name="kedge-ckpt-remote", daemon=True)
+            )
         for thread in self._threads:
             thread.start()
 
     # ---- training thread -------------------------------------------------------------------------
 
-    def submit(self, step: int, shards: list[Any], values: dict[str, Any], optimizers: list[Any]) -> CheckpointJob:
+    def submit(
+        self, step: int, shards: list[Any], values: dict[str, Any], optimizers: list[Any]
+    ) -> CheckpointJob:
         """Admits (or skips) one checkpoint and enqueues its snapshot; never blocks on data."""
         if self._closed:
             raise RuntimeError("checkpointer is closed")
@@ -162,7 +171,9 @@ class Engine:
         return job
 
     def _admission_refusal(self, job: CheckpointJob) -> str:
-        self._in_flight = [j for j in self._in_flight if j.is_pending(self._first_level) or j.is_pending("host")]
+        self._in_flight = [
+            j for j in self._in_flight if j.is_pending(self._first_level) or j.is_pending("host")
+        ]
         if len(self._in_flight) >= self.config.max_in_flight:
             return f"{len(self._in_flight)} checkpoints in flight (max_in_flight={self.config.max_in_flight})"
         if any(j.is_pending("host") for j in self._in_flight):
@@ -185,7 +196,7 @@ class Engine:
 
         job.compute_event = torch.cuda.current_stream(device).record_event()
         if device.index not in self._side_streams:
-            self._side_streams[device.index] = torch.cuda.Stream(device=device)
+            self._side_streams[device.index] = torch.cuda.Stream(device=device)  # type: ignore[no-untyped-call]
 
     def wait_host(self, job: CheckpointJob, timeout_s: float | None) -> None:
         wait_snapshot(job, timeout_s)
@@ -197,11 +208,18 @@ class Engine:
         from kedge.ckpt.errors import CheckpointFailed
 
         with self._lock:
-            errors = list(self._errors)
+            errors = [message for _job, message in self._errors]
             self._errors.clear()
         if errors:
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
             raise CheckpointFailed(errors[0] + more)
+
+    def acknowledge(self, job: CheckpointJob) -> None:
+        """The caller has seen job's failure (its handle raised it): not raised again later."""
+        with self._lock:
+            kept = [(j, message) for j, message in self._errors if j is not job]
+            self._errors.clear()
+            self._errors.extend(kept)
 
     def jobs(self) -> list[CheckpointJob]:
         with self._lock:
@@ -260,8 +278,11 @@ class Engine:
     def _open_writer(self, job: CheckpointJob) -> Any:
         from kedge.ckpt.writer import RankWriter
 
-        storage = self._local if self._local is not None else self._remote
-        return RankWriter(storage, job.step, self.config.rank, self.config.codec)
+        return RankWriter(self._first_storage(), job.step, self.config.rank, self.config.codec)
+
+    def _first_storage(self) -> Any:
+        """The level written from host memory: local, or remote when there is no local level."""
+        return self._local if self._local is not None else self._remote
 
     def _emit(self, job: CheckpointJob, filled: FilledSlab) -> None:
         with job.cond:
@@ -320,7 +341,7 @@ class Engine:
             self._after_commit(job, level)
 
     def _commit_first_level(self, job: CheckpointJob, level: str) -> None:
-        storage = self._local if level == "local" else self._remote
+        storage = self._first_storage()
         faults.maybe("ckpt.engine.before_finish")
         job.writer.finish(job.values)
         if self._stop.is_set():
@@ -331,7 +352,6 @@ class Engine:
             commit_step(storage, job.step, self.config.world_size, timeout_s=self.config.commit_timeout_s)
         else:
             self._wait_committed(storage, job.step)
-        job.settle(level, REACHED)
         self.metrics.add(f"committed_{level}")
         self.metrics.add("encoded_bytes", job.encoded_bytes)
         _log.info(
@@ -341,7 +361,7 @@ class Engine:
             self.config.rank,
             job.state_bytes,
             job.encoded_bytes,
-            job.seconds_to(level) or 0.0,
+            time.monotonic() - job.created_monotonic_s,
         )
 
     def _wait_committed(self, storage: Any, step: int) -> None:
@@ -349,18 +369,22 @@ class Engine:
         poll_s = _POLL_MIN_S
         while step not in storage.committed_steps():
             if time.monotonic() >= deadline or self._stop.is_set():
-                raise TimeoutError(f"step {step} not committed by rank 0 within {self.config.commit_timeout_s}s")
+                raise TimeoutError(
+                    f"step {step} not committed by rank 0 within {self.config.commit_timeout_s}s"
+                )
             self._stop.wait(poll_s)
             poll_s = min(poll_s * 2, _POLL_MAX_S)
 
     def _after_commit(self, job: CheckpointJob, level: str) -> None:
+        """Retention first, so that a caller woken by the commit sees the level already trimmed."""
         if level == "local":
             self._local_steps.append(job.step)
-            if self._remote is not None:
-                self._remote_queue.offer(job, self.config.remote_every_steps, self._on_remote_skip)
             self._retain_local()
         else:
             self._retain_remote()
+        job.settle(level, REACHED)
+        if level == "local" and self._remote is not None:
+            self._remote_queue.offer(job, self.config.remote_every_steps, self._on_remote_skip)
 
     def _retain_local(self) -> None:
         busy = self._remote_queue.busy_steps()
@@ -396,10 +420,10 @@ class Engine:
                     timeout_s=self.config.commit_timeout_s,
                     on_retry=lambda _exc: self.metrics.add("retries_remote"),
                 )
-                job.settle("remote", REACHED)
                 self.metrics.add("committed_remote")
                 _log.info("event=ckpt_commit step=%d level=remote rank=%d", job.step, self.config.rank)
                 self._retain_remote()
+                job.settle("remote", REACHED)
             except Exception as exc:
                 self._fail(job, "remote", exc)
             finally:
@@ -408,16 +432,19 @@ class Engine:
     # ---- failures, waiting, close ----------------------------------------------------------------
 
     def _fail(self, job: CheckpointJob, level: str, exc: BaseException) -> None:
+        """Fails level and every later one; the first level that changes is reported once."""
         reason = f"{type(exc).__name__}: {exc}"
-        first = True
-        for name in LEVELS[LEVELS.index(level) :]:
-            if job.settle(name, FAILED, error=exc, reason=reason if name == level else f"{level} failed"):
-                if first:
-                    first = False
-                    self.metrics.add(f"failed_{name}")
-                    with self._lock:
-                        self._errors.append(f"checkpoint step={job.step} failed at level={name}: {reason}")
-                    _log.error("event=ckpt_failed step=%d level=%s error=%r", job.step, name, reason)
+        changed = [
+            name
+            for name in LEVELS[LEVELS.index(level) :]
+            if job.settle(name, FAILED, error=exc, reason=reason if name == level else f"{level} failed")
+        ]
+        if not changed:
+            return
+        self.metrics.add(f"failed_{changed[0]}")
+        with self._lock:
+            self._errors.append((job, f"checkpoint step={job.step} failed at level={changed[0]}: {reason}"))
+        _log.error("event=ckpt_failed step=%d level=%s error=%r", job.step, changed[0], reason)
 
     def wait(self, level: str, timeout_s: float | None) -> None:
         """Waits until every checkpoint admitted so far has settled level (bounded by timeout_s)."""
@@ -442,7 +469,11 @@ class Engine:
             job.settle_pending(FAILED, reason="checkpointer closed before completion")
         self.pool.close()
         self._remote_queue.close()
-        for q, count in ((self._snapshot_q, 1), (self._slab_q, self.config.writer_threads), (self._commit_q, 1)):
+        for q, count in (
+            (self._snapshot_q, 1),
+            (self._slab_q, self.config.writer_threads),
+            (self._commit_q, 1),
+        ):
             for _ in range(max(1, count)):
                 _put_until(q, None, deadline)
         for thread in self._threads:
@@ -470,6 +501,3 @@ def _put_until(q: queue.Queue[Any], item: Any, deadline: float) -> None:
 def _drain_one(q: queue.Queue[Any]) -> None:
     with contextlib.suppress(queue.Empty):
         q.get_nowait()
-
-
-_ = (PENDING, Callable)  # re-exported names used by type checkers in sibling modules

@@ -94,13 +94,11 @@ def copy_step(
     step_dir = local.step_dir(job.step)
     for name in sorted(job.files):
         relpath = f"{step_dir}/{name}"
-        with_retries(
-            lambda relpath=relpath: _copy_file(local, remote, relpath, stop),
-            policy=policy,
-            what=f"copy {relpath}",
-            stop=stop,
-            on_retry=on_retry,
-        )
+
+        def copy_one(relpath: str = relpath) -> None:
+            _copy_file(local, remote, relpath, stop)
+
+        with_retries(copy_one, policy=policy, what=f"copy {relpath}", stop=stop, on_retry=on_retry)
     if rank != 0:
         return
     from kedge.ckpt.reader import open_manifest
@@ -142,7 +140,9 @@ def _expected_sizes(manifest: Any) -> dict[str, int]:
     return sizes
 
 
-def _wait_files(remote: Any, step_dir: str, sizes: dict[str, int], timeout_s: float, stop: threading.Event) -> None:
+def _wait_files(
+    remote: Any, step_dir: str, sizes: dict[str, int], timeout_s: float, stop: threading.Event
+) -> None:
     deadline = time.monotonic() + timeout_s
     poll_s = _POLL_MIN_S
     missing = dict(sizes)
@@ -151,7 +151,9 @@ def _wait_files(remote: Any, step_dir: str, sizes: dict[str, int], timeout_s: fl
         if not missing:
             return
         if time.monotonic() >= deadline or stop.is_set():
-            raise TimeoutError(f"remote files of {step_dir} incomplete after {timeout_s}s: {sorted(missing)[:4]}")
+            raise TimeoutError(
+                f"remote files of {step_dir} incomplete after {timeout_s}s: {sorted(missing)[:4]}"
+            )
         stop.wait(poll_s)
         poll_s = min(poll_s * 2, _POLL_MAX_S)
 

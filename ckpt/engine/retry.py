@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -44,7 +43,9 @@ def with_retries(
         except Exception as exc:
             if attempt >= policy.attempts or stop.is_set():
                 raise
-            _log.warning("event=ckpt_retry what=%s attempt=%d delay_s=%.2f error=%r", what, attempt, delay_s, exc)
+            _log.warning(
+                "event=ckpt_retry what=%s attempt=%d delay_s=%.2f error=%r", what, attempt, delay_s, exc
+            )
             if on_retry is not None:
                 on_retry(exc)
             if stop.wait(delay_s):

@@ -62,7 +62,9 @@ def shard_boxes(shard: Any, max_bytes: int) -> list[tuple[tuple[int, ...], tuple
 
 
 def _source_view(shard: Any, offsets: tuple[int, ...], sizes: tuple[int, ...]) -> Any:
-    index = tuple(slice(o - base, o - base + s) for o, base, s in zip(offsets, shard.offsets, sizes, strict=True))
+    index = tuple(
+        slice(o - base, o - base + s) for o, base, s in zip(offsets, shard.offsets, sizes, strict=True)
+    )
     return shard.tensor[index] if index else shard.tensor
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 
 import pytest
-
 from kedge.ckpt.engine.pool import HostPool, PoolClosed, round_slab_bytes
 
 pytestmark = pytest.mark.timeout(30)
