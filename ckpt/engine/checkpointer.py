@@ -26,8 +26,10 @@ from kedge.ckpt.engine.job import CheckpointHandle
 from kedge.ckpt.engine.metrics import CheckpointMetrics
 from kedge.ckpt.engine.pipeline import Engine, EngineConfig
 from kedge.ckpt.engine.plan_cache import PlanCache
+from kedge.ckpt.engine.retry import RetryPolicy
 
 _log = logging.getLogger(__name__)
+_KEEP_ALL = 1 << 62
 
 
 def _default_world() -> tuple[int, int]:
@@ -48,21 +50,32 @@ class Checkpointer:
         remote: str | None = None,
         host_cache_bytes: int = 4 << 30,
         compression: str = "zstd",
-        keep_local: int = 2,
+        keep_local: int | None = 2,
         keep_remote: int | None = None,
         remote_every_steps: int = 1,
         policy: str = "skip",
         max_in_flight: int = 2,
-        writer_threads: int = 2,
-        slab_bytes: int = 64 << 20,
+        writer_threads: int | None = None,
+        slab_bytes: int | None = None,
+        timeout_s: float = 600.0,
+        remote_retry: RetryPolicy | None = None,
+        allow_pickle: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
         storage_options: Mapping[str, Any] | None = None,
         remote_options: Mapping[str, Any] | None = None,
+        chunk_bytes: int | None = None,
+        threads: int | None = None,
         config: EngineConfig | None = None,
     ) -> None:
+        """url: the local level (a path or fsspec URL; None for remote only); remote: the remote
+        level; keep_local/keep_remote: committed steps kept per level (None: all); slab_bytes (alias
+        chunk_bytes): the largest chunk; writer_threads (alias threads): encoding/writing threads;
+        timeout_s: bound of a commit's wait for every rank; config: every engine setting at once."""
         from kedge.ckpt.storage import Storage
 
+        if keep_local is not None and keep_local < 1:
+            raise ValueError("keep_local must be >= 1 or None")
         if rank is None or world_size is None:
             default_rank, default_world = _default_world()
             rank = default_rank if rank is None else rank
@@ -72,15 +85,18 @@ class Checkpointer:
                 rank=rank,
                 world_size=world_size,
                 host_cache_bytes=host_cache_bytes,
-                slab_bytes=slab_bytes,
+                slab_bytes=slab_bytes or chunk_bytes or (64 << 20),
                 codec=_codec_name(compression),
-                writer_threads=writer_threads,
+                writer_threads=writer_threads or threads or 2,
                 max_in_flight=max_in_flight,
                 policy=policy,
-                keep_local=keep_local,
+                keep_local=keep_local if keep_local is not None else _KEEP_ALL,
                 keep_remote=keep_remote,
                 remote_every_steps=remote_every_steps,
+                commit_timeout_s=timeout_s,
+                remote_retry=remote_retry or RetryPolicy(),
             )
+        self._allow_pickle = allow_pickle
         self.config = config
         self._local = Storage(url, **dict(storage_options or {})) if url else None
         self._remote = Storage(remote, **dict(remote_options or {})) if remote else None
@@ -104,7 +120,9 @@ class Checkpointer:
     def save(self, step: int, state: Mapping[str, Any]) -> CheckpointHandle:
         """Starts a checkpoint of state at step and returns at once (see the module docstring)."""
         started = time.perf_counter()
-        plan = self._plans.plan(state, self.config.rank, self.config.world_size)
+        plan = self._plans.plan(
+            state, self.config.rank, self.config.world_size, allow_pickle=self._allow_pickle
+        )
         job = self._engine.submit(step, plan.shards, dict(plan.values), list(plan.optimizers))
         handle = CheckpointHandle(job, self._engine.wait_host, self._engine.acknowledge)
         self.metrics.add("save_call_s", time.perf_counter() - started)
@@ -136,16 +154,18 @@ class Checkpointer:
         steps = self.steps()
         return steps[-1] if steps else None
 
-    def load(self, state: MutableMapping[str, Any], step: int | None = None) -> int | None:
-        """Loads step (default: the latest committed) into state in place, resharding; returns the
-        step loaded, or None when there is no checkpoint."""
+    def load(self, state: MutableMapping[str, Any], step: int | None = None, *, cast: bool = False) -> int:
+        """Loads step (default: the latest committed on any level, local preferred) into state in
+        place, resharding to this rank's placements; returns the step. NotFoundError when none."""
+        from kedge.ckpt.errors import NotFoundError
         from kedge.ckpt.reader import load_into
 
         step = self.latest_step() if step is None else step
         if step is None:
-            return None
+            where = self._local if self._local is not None else self._remote
+            raise NotFoundError(f"{where.url if where is not None else '?'}: no committed checkpoint")
         storage = self._storage_with(step)
-        load_into(storage, step, state, self.config.rank, self.config.world_size)
+        load_into(storage, step, state, self.config.rank, self.config.world_size, cast=cast)
         return step
 
     def _storage_with(self, step: int) -> Any:

@@ -42,6 +42,7 @@ class CheckpointJob:
     levels: dict[str, LevelState]
     compute_event: Any = None  # torch.cuda.Event recorded on the compute stream at save()
     copy_done_event: Any = None  # torch.cuda.Event on the side stream after the last copy
+    snapshot_device_s: float | None = None  # CUDA: compute event -> last copy done, on the device
     issued: threading.Event = field(default_factory=threading.Event)
     created_monotonic_s: float = field(default_factory=time.monotonic)
     state_bytes: int = 0
@@ -138,6 +139,11 @@ class CheckpointHandle:
         """Seconds from save() to the level, or None when it was not reached (yet)."""
         _check_level(level)
         return self._job.seconds_to(level)
+
+    def snapshot_device_s(self) -> float | None:
+        """CUDA only: seconds the device spent from the save point to the last copy (the snapshot's
+        own duration, without the time the GPU was still busy with earlier work)."""
+        return self._job.snapshot_device_s
 
     def wait(self, level: str = "local", timeout_s: float | None = None) -> bool:
         """Waits until level settles: True if reached, False if skipped; raises CheckpointFailed on

@@ -36,7 +36,7 @@ from kedge.ckpt.engine.job import FAILED, LEVELS, REACHED, SKIPPED, CheckpointJo
 from kedge.ckpt.engine.metrics import CheckpointMetrics
 from kedge.ckpt.engine.pool import HostPool
 from kedge.ckpt.engine.retry import RetryPolicy
-from kedge.ckpt.engine.snapshot import FilledSlab, SlabPacker, iter_written_shards
+from kedge.ckpt.engine.snapshot import FilledSlab, SlabPacker, iter_written_shards, record_blocking_event
 
 _log = logging.getLogger(__name__)
 
@@ -194,7 +194,9 @@ class Engine:
             return
         import torch
 
-        job.compute_event = torch.cuda.current_stream(device).record_event()
+        # Timing enabled: the benchmark reads the copy time on the device, without any sync here.
+        job.compute_event = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+        job.compute_event.record(torch.cuda.current_stream(device))
         if device.index not in self._side_streams:
             self._side_streams[device.index] = torch.cuda.Stream(device=device)  # type: ignore[no-untyped-call]
 
@@ -249,6 +251,7 @@ class Engine:
             job.issued.set()
             if job.copy_done_event is not None:
                 job.copy_done_event.synchronize()  # a background thread waits, never the training one
+                job.snapshot_device_s = job.compute_event.elapsed_time(job.copy_done_event) / 1e3
             job.settle("host", REACHED)
             self.metrics.add("snapshot_bytes", packer.copied_bytes)
         except Exception as exc:
@@ -273,7 +276,7 @@ class Engine:
                 packer.add_shard(shard)
             packer.flush()
             if side is not None:
-                job.copy_done_event = side.record_event()
+                job.copy_done_event = record_blocking_event(side, timing=True)
 
     def _open_writer(self, job: CheckpointJob) -> Any:
         from kedge.ckpt.writer import RankWriter

@@ -12,7 +12,9 @@ from typing import Any
 class PlanCache:
     """Builds the SavePlan of a state for one save."""
 
-    def plan(self, state: Mapping[str, Any], rank: int, world_size: int) -> Any:
+    def plan(
+        self, state: Mapping[str, Any], rank: int, world_size: int, *, allow_pickle: bool = False
+    ) -> Any:
         from kedge.ckpt.state import plan_save
 
-        return plan_save(state, rank, world_size)
+        return plan_save(state, rank, world_size, allow_pickle=allow_pickle)

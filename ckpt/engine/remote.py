@@ -166,8 +166,10 @@ def _has_size(remote: Any, relpath: str, size: int) -> bool:
 
 
 def remove_step(storage: Any, step: int) -> None:
-    """Removes one step directory; a missing one is fine (another rank may have removed it)."""
+    """Removes one step directory, manifest first so that it never looks committed while half
+    removed; a missing one is fine (another rank may have removed it)."""
     try:
+        storage.remove(f"{storage.step_dir(step)}/{manifest_name()}")
         storage.remove_tree(storage.step_dir(step))
     except FileNotFoundError:
         pass

@@ -124,7 +124,7 @@ class SlabPacker:
         if current is None:
             return
         if self._side_stream is not None:
-            current.ready = self._side_stream.record_event()
+            current.ready = record_blocking_event(self._side_stream)
         self._emit(current)
 
     def abandon(self) -> Slab | None:
@@ -136,3 +136,13 @@ class SlabPacker:
 def iter_written_shards(shards: list[Any]) -> Iterator[Any]:
     """The shards this rank writes (replicated ones are written by one rank only)."""
     return (shard for shard in shards if shard.write)
+
+
+def record_blocking_event(stream: Any, *, timing: bool = False) -> Any:
+    """An event recorded on stream whose synchronize() sleeps instead of spinning a CPU core (the
+    writer threads wait on these)."""
+    import torch
+
+    event = torch.cuda.Event(blocking=True, enable_timing=timing)  # type: ignore[no-untyped-call]
+    event.record(stream)
+    return event

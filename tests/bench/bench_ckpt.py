@@ -8,7 +8,7 @@ next to the storage's measured sequential write bandwidth, peak host RAM above t
 and the compression ratio.
 
     .venv/bin/python tests/bench/bench_ckpt.py --device cpu --params 90M --steps 20 --intervals 10,2
-    python tests/bench/bench_ckpt.py --device cuda --params 604M --steps 40 --intervals 10,2 \
+    python tests/bench/bench_ckpt.py --device cuda --params 604M --steps 51 --intervals 10,2 \
         --local /tmp/kedge-bench --json /tmp/bench_ckpt.json
 
 The model is a GPT-style stack of nn.TransformerEncoderLayer trained with AdamW (fp32 master weights,
@@ -183,6 +183,7 @@ class RunResult:
     steps: int
     stalls_s: list[float] = field(default_factory=list)
     snapshot_s: list[float] = field(default_factory=list)
+    snapshot_device_s: list[float] = field(default_factory=list)
     durable_s: dict[str, list[float]] = field(default_factory=dict)
     peak_rss_above_bytes: int = 0
     stored_bytes: int = 0
@@ -337,6 +338,8 @@ def method_kedge(trainer: Trainer, root: str, run: RunResult, args: argparse.Nam
     def finish() -> None:
         ck.wait("remote" if args.remote else "local")
         for handle in handles:
+            if handle.snapshot_device_s() is not None:
+                run.snapshot_device_s.append(handle.snapshot_device_s())
             for level in ("host", "local", "remote"):
                 seconds = handle.seconds_to(level)
                 if seconds is not None:
@@ -395,7 +398,8 @@ def run_method(
             stall_s = pre_stall_s + hooks.after_step()
             if run.stalls_s and stall_s:
                 run.stalls_s[-1] += stall_s  # waits before this step belong to the last checkpoint
-            if method != "none" and (i + 1) % interval == 0:
+            # A checkpoint is always followed by a step, so that the wait it causes there is counted.
+            if method != "none" and (i + 1) % interval == 0 and i + 1 < args.steps:
                 run.stalls_s.append(hooks.checkpoint(trainer.step))
         trainer.sync()
         run.loop_s = time.perf_counter() - started
@@ -442,6 +446,9 @@ def summarize(
             row[f"overhead_every_{r.interval}"] = (r.loop_s / base - 1.0) if not r.error else float("nan")
         snaps = [s for r in mine for s in r.snapshot_s]
         row["snapshot_GBps"] = state_bytes / statistics.median(snaps) / 1e9 if snaps else float("nan")
+        device_snaps = [s for r in mine for s in r.snapshot_device_s]
+        if device_snaps:  # CUDA: the copy alone, from the save point on the compute stream
+            row["snapshot_device_GBps"] = state_bytes / statistics.median(device_snaps) / 1e9
         for level in ("disk", "local", "remote"):
             durs = [s for r in mine for s in r.durable_s.get(level, [])]
             if durs:
@@ -476,14 +483,16 @@ def print_table(rows: list[dict[str, Any]], intervals: list[int], bandwidth: dic
         ]
         cells = [row["method"], fmt(row["stall_p50_s"], ".4f"), fmt(row["stall_p99_s"], ".4f")]
         cells += [fmt(row.get(f"overhead_every_{k}"), "+.1%") for k in intervals]
-        cells += [
-            fmt(row["snapshot_GBps"], ".2f"),
-            " ".join(durable) or "-",
-            fmt(row["peak_rss_above_GB"], ".2f"),
-        ]
-        note = row["error"] or (
-            f"pool+slab {row['pool_plus_slab_GB']:.2f} GB" if "pool_plus_slab_GB" in row else ""
-        )
+        snap = fmt(row["snapshot_GBps"], ".2f")
+        if "snapshot_device_GBps" in row:
+            snap += f" (device {row['snapshot_device_GBps']:.1f})"
+        cells += [snap, " ".join(durable) or "-", fmt(row["peak_rss_above_GB"], ".2f")]
+        note = row["error"]
+        if "pool_plus_slab_GB" in row:
+            note = (
+                f"pool+slab {row['pool_plus_slab_GB']:.2f} GB, save() {row.get('save_call_mean_s', 0) * 1e3:.1f} ms,"
+                f" skipped {row['skipped']}"
+            )
         cells += [fmt(row["compression_ratio"], ".2f"), note]
         print(" | ".join(cells))
     print(

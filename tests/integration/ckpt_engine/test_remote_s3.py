@@ -44,8 +44,8 @@ def test_remote_level_survives_the_server_stopping_mid_upload(
         slab_bytes=1 << 16,
         rank=0,
         world_size=1,
+        remote_retry=RetryPolicy(attempts=3, backoff_s=0.2, max_backoff_s=0.5),
     )
-    ck._engine.config.remote_retry = RetryPolicy(attempts=3, backoff_s=0.2, max_backoff_s=0.5)
     try:
         train(model, optimizer, 1)
         expected = snapshot_state(model, optimizer)

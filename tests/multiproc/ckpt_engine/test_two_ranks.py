@@ -14,7 +14,7 @@ import torch
 from kedge.ckpt.engine.checkpointer import Checkpointer
 from kedge_fixtures.processes import free_port
 
-pytestmark = [pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.timeout(240)]  # two children that import torch and start gloo
 
 WORKER = textwrap.dedent(
     """
@@ -61,7 +61,7 @@ def test_two_rank_async_save_loads_resharded_at_world_one(tmp_path: Path) -> Non
         )
     outputs = []
     for proc in procs:
-        out, err = proc.communicate(timeout=100)
+        out, err = proc.communicate(timeout=220)
         outputs.append(out)
         assert proc.returncode == 0, err[-3000:]
     assert all("DONE" in out and "reached" in out for out in outputs)
