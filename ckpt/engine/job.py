@@ -135,6 +135,10 @@ class CheckpointHandle:
     def reached(self, level: str) -> bool:
         return self.status(level) == REACHED
 
+    def done(self, level: str = "local") -> bool:
+        """Whether level has been reached (the synchronous handle's name for `reached`)."""
+        return self.reached(level)
+
     def seconds_to(self, level: str) -> float | None:
         """Seconds from save() to the level, or None when it was not reached (yet)."""
         _check_level(level)
@@ -147,15 +151,15 @@ class CheckpointHandle:
 
     def wait(self, level: str = "local", timeout_s: float | None = None) -> bool:
         """Waits until level settles: True if reached, False if skipped; raises CheckpointFailed on
-        failure, ValueError for a level this checkpointer does not have, TimeoutError after timeout_s."""
-        from kedge.ckpt.errors import CheckpointFailed
+        failure, NotFoundError for a level this checkpointer does not have, TimeoutError after timeout_s."""
+        from kedge.ckpt.errors import CheckpointFailed, NotFoundError
 
         _check_level(level)
         if level == "host":
             self._wait_host(self._job, timeout_s)
         state = self._job.wait_terminal(level, timeout_s)
         if state.status == ABSENT:
-            raise ValueError(f"this checkpointer has no {level} level")
+            raise NotFoundError(f"this Checkpointer has no {level} level")
         if state.status == FAILED:
             self._acknowledge(self._job)  # reported here: the next save() does not raise it again
             raise CheckpointFailed(f"checkpoint step={self.step} failed at level={level}: {state.reason}")

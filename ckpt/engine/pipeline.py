@@ -12,10 +12,11 @@ Threads and what bounds them (every one has a stop, every queue a size):
   retries; one checkpoint runs and at most one waits: a newer one is skipped (policy "skip") or replaces
   the waiting one (policy "coalesce").
 
-Admission (on the training thread, `submit`): a save is skipped rather than blocking training when
-`max_in_flight` checkpoints have not reached the first level yet, when the previous snapshot is still
-running, or when earlier checkpoints hold pool slabs and the pool lacks room for this state. Host
-data cannot wait for later, so at this level "coalesce" behaves as "skip".
+Admission (on the training thread, `submit`): a snapshot still running is waited for first (no
+optimizer step came since, so this is the same wait as the pre-hook's); then a save is skipped rather
+than blocking training when `max_in_flight` checkpoints have not reached the first level yet or when
+earlier checkpoints hold pool slabs and the pool lacks room for this state. Host data cannot wait for
+later, so at this level "coalesce" behaves as "skip".
 """
 
 from __future__ import annotations
@@ -157,6 +158,9 @@ class Engine:
         job.shards = written
         job.state_bytes = sum(s.tensor.numel() * s.tensor.element_size() for s in written)
         self.guard.watch(optimizers)
+        # A snapshot still running means no optimizer step came since that save, so the state has not
+        # changed: wait for it here, exactly as the pre-hook would (this is the snapshot wait, bounded).
+        self.guard.wait_all(self.config.snapshot_timeout_s)
         with self._lock:
             reason = self._admission_refusal(job)
             if reason:
@@ -176,7 +180,7 @@ class Engine:
         ]
         if len(self._in_flight) >= self.config.max_in_flight:
             return f"{len(self._in_flight)} checkpoints in flight (max_in_flight={self.config.max_in_flight})"
-        if any(j.is_pending("host") for j in self._in_flight):
+        if any(not j.issued.is_set() for j in self._in_flight):
             return "the previous snapshot is still running"
         room_bytes = self.pool.free_bytes() - self.pool.slab_bytes  # one slab of packing slack
         if self._in_flight and room_bytes < job.state_bytes:

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kedge_fixtures.ckpt_engine import make_job, train
-
 from kedge.ckpt.engine.plan_cache import PlanCache
 from kedge.ckpt.state import plan_save
+from kedge_fixtures.ckpt_engine import make_job, train
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -37,7 +36,9 @@ def test_cached_plan_equals_a_fresh_plan_and_follows_changes() -> None:
     model[0].weight = torch.nn.Parameter(torch.zeros_like(model[0].weight))  # a replaced parameter
     replaced = cache.plan(state, 0, 1)
     assert cache.misses == 2
-    weight = next(s.tensor for s in replaced.shards if s.name.endswith("0.weight") and s.name.startswith("model"))
+    weight = next(
+        s.tensor for s in replaced.shards if s.name.endswith("0.weight") and s.name.startswith("model")
+    )
     assert weight.data_ptr() == model[0].weight.data_ptr()
 
 
