@@ -150,7 +150,9 @@ class Engine:
     ) -> CheckpointJob:
         """Admits (or skips) one checkpoint and enqueues its snapshot; never blocks on data."""
         if self._closed:
-            raise RuntimeError("checkpointer is closed")
+            from kedge.ckpt.errors import CkptError
+
+            raise CkptError("Checkpointer is closed")
         job = new_job(
             step, shards, values, has_local=self._local is not None, has_remote=self._remote is not None
         )

@@ -15,7 +15,7 @@ import pytest
 from kedge.ckpt import faults
 from kedge.ckpt.engine.checkpointer import Checkpointer
 from kedge.ckpt.engine.retry import RetryPolicy
-from kedge.ckpt.errors import CheckpointFailed
+from kedge.ckpt.errors import CheckpointFailed, CkptError
 from kedge_fixtures.ckpt_engine import engine_threads, make_job, train
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("no_engine_threads_left")]
@@ -72,7 +72,7 @@ def test_disk_full_from_a_file_size_limit(tmp_path: Path) -> None:
         f"""
         import resource, signal, torch
         from kedge.ckpt.engine.checkpointer import Checkpointer
-        from kedge.ckpt.errors import CheckpointFailed
+        from kedge.ckpt.errors import CheckpointFailed, CkptError
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         with Checkpointer({str(tmp_path)!r}, compression="none", host_cache_bytes=1 << 20, slab_bytes=1 << 16, rank=0, world_size=1) as ck:
             ck.save(1, {{"w": torch.ones(100)}}).wait("local", timeout_s=30)
@@ -148,5 +148,5 @@ def test_close_aborts_within_its_bound_and_leaves_no_thread(tmp_path: Path) -> N
     assert time.monotonic() - started < 5
     assert handle.status("local") == "failed"
     assert not [t for t in engine_threads() if t.is_alive()]
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(CkptError, match="closed"):
         ck.save(2, {"model": model, "optim": optimizer})

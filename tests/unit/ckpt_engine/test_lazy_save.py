@@ -97,3 +97,17 @@ def test_retention_keeps_the_newest_local_steps(tmp_path: Path) -> None:
             ck.save(step, {"model": model, "optim": optimizer}).wait("local", timeout_s=30)
         assert ck.steps() == [3, 4]
         assert ck.metrics.get("committed_local") == 4
+
+
+def test_remote_only_checkpointer_writes_the_remote_level_directly(tmp_path: Path) -> None:
+    remote = f"file://{tmp_path}/remote"
+    state = {"w": torch.arange(10, dtype=torch.float32)}
+    with Checkpointer(
+        None, remote=remote, host_cache_bytes=1 << 20, slab_bytes=1 << 16, rank=0, world_size=1
+    ) as ck:
+        handle = ck.save(7, state)
+        assert handle.wait("remote", timeout_s=30)
+        assert handle.status("local") == "absent"
+        loaded = {"w": torch.zeros(10)}
+        assert ck.load(loaded) == 7
+    assert torch.equal(loaded["w"], state["w"])
