@@ -473,7 +473,7 @@ def print_table(rows: list[dict[str, Any]], intervals: list[int], bandwidth: dic
         return "-" if value is None or (isinstance(value, float) and value != value) else format(value, spec)
 
     header = ["method", "stall p50 s", "stall p99 s"] + [f"ovh/{k}" for k in intervals]
-    header += ["snap GB/s", "durable s (GB/s)", "peak RSS+ GB", "ratio", "note"]
+    header += ["snap GB/s", "durable s (GB/s)", "peak RSS above start GB", "ratio", "note"]
     print(" | ".join(header))
     for row in rows:
         durable = [
@@ -486,7 +486,10 @@ def print_table(rows: list[dict[str, Any]], intervals: list[int], bandwidth: dic
         snap = fmt(row["snapshot_GBps"], ".2f")
         if "snapshot_device_GBps" in row:
             snap += f" (device {row['snapshot_device_GBps']:.1f})"
-        cells += [snap, " ".join(durable) or "-", fmt(row["peak_rss_above_GB"], ".2f")]
+        rss = fmt(row["peak_rss_above_GB"], ".2f")
+        if "peak_rss_above_none_GB" in row:
+            rss += f" ({row['peak_rss_above_none_GB']:+.2f} vs none)"
+        cells += [snap, " ".join(durable) or "-", rss]
         note = row["error"]
         if "pool_plus_slab_GB" in row:
             note = (
@@ -596,6 +599,10 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
     rows = summarize(runs, baseline, state_bytes, bandwidth, args)
+    none_peak = next((r["peak_rss_above_GB"] for r in rows if r["method"] == "none"), None)
+    for row in rows:  # training alone moves RSS too (gradients, optimizer temporaries): subtract it
+        if none_peak is not None and row["method"] != "none":
+            row["peak_rss_above_none_GB"] = row["peak_rss_above_GB"] - none_peak
     print_table(rows, args.intervals, bandwidth)
     if args.json:
         payload = {
