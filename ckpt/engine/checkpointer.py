@@ -18,9 +18,10 @@ step (buffers updated in forward, manual edits) must call `h.wait("host")` first
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections.abc import Mapping, MutableMapping
-from typing import Any
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Any, TypeVar
 
 from kedge.ckpt.engine.job import CheckpointHandle
 from kedge.ckpt.engine.metrics import CheckpointMetrics
@@ -30,6 +31,22 @@ from kedge.ckpt.engine.retry import RetryPolicy
 
 _log = logging.getLogger(__name__)
 _KEEP_ALL = 1 << 62
+# Precedence of the engine settings: argument > environment KEDGE_CKPT_<NAME> > default.
+ENV_PREFIX = "KEDGE_CKPT_"
+_T = TypeVar("_T")
+
+
+def _setting(argument: _T | None, name: str, parse: Callable[[str], _T], default: _T) -> _T:
+    """argument if given, else the environment variable KEDGE_CKPT_<name>, else default."""
+    if argument is not None:
+        return argument
+    raw = os.environ.get(ENV_PREFIX + name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        raise ValueError(f"{ENV_PREFIX}{name}={raw!r}: {exc}") from exc
 
 
 def _default_world() -> tuple[int, int]:
@@ -48,13 +65,13 @@ class Checkpointer:
         url: str | None,
         *,
         remote: str | None = None,
-        host_cache_bytes: int = 4 << 30,
+        host_cache_bytes: int | None = None,
         compression: str = "zstd",
         keep_local: int | None = 2,
         keep_remote: int | None = None,
         remote_every_steps: int = 1,
-        policy: str = "skip",
-        max_in_flight: int = 2,
+        policy: str | None = None,
+        max_in_flight: int | None = None,
         writer_threads: int | None = None,
         slab_bytes: int | None = None,
         timeout_s: float = 600.0,
@@ -71,7 +88,10 @@ class Checkpointer:
         """url: the local level (a path or fsspec URL; None for remote only); remote: the remote
         level; keep_local/keep_remote: committed steps kept per level (None: all); slab_bytes (alias
         chunk_bytes): the largest chunk; writer_threads (alias threads): encoding/writing threads;
-        timeout_s: bound of a commit's wait for every rank; config: every engine setting at once."""
+        timeout_s: bound of a commit's wait for every rank; config: every engine setting at once.
+        host_cache_bytes, slab_bytes, writer_threads, max_in_flight and policy left as None come from
+        the environment (KEDGE_CKPT_HOST_CACHE_BYTES, ..._SLAB_BYTES, ..._WRITER_THREADS,
+        ..._MAX_IN_FLIGHT, ..._POLICY), else default to 4 GiB, 64 MiB, 2, 2 and "skip"."""
         from kedge.ckpt.storage import Storage
 
         if keep_local is not None and keep_local < 1:
@@ -84,12 +104,12 @@ class Checkpointer:
             config = EngineConfig(
                 rank=rank,
                 world_size=world_size,
-                host_cache_bytes=host_cache_bytes,
-                slab_bytes=slab_bytes or chunk_bytes or (64 << 20),
+                host_cache_bytes=_setting(host_cache_bytes, "HOST_CACHE_BYTES", int, 4 << 30),
+                slab_bytes=slab_bytes or chunk_bytes or _setting(None, "SLAB_BYTES", int, 64 << 20),
                 codec=_codec_name(compression),
-                writer_threads=writer_threads or threads or 2,
-                max_in_flight=max_in_flight,
-                policy=policy,
+                writer_threads=writer_threads or threads or _setting(None, "WRITER_THREADS", int, 2),
+                max_in_flight=_setting(max_in_flight, "MAX_IN_FLIGHT", int, 2),
+                policy=_setting(policy, "POLICY", str, "skip"),
                 keep_local=keep_local if keep_local is not None else _KEEP_ALL,
                 keep_remote=keep_remote,
                 remote_every_steps=remote_every_steps,
