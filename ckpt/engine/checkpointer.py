@@ -86,8 +86,9 @@ class Checkpointer:
         config: EngineConfig | None = None,
     ) -> None:
         """url: the local level (a path or fsspec URL; None for remote only); remote: the remote
-        level; keep_local/keep_remote: committed steps kept per level (None: all); slab_bytes (alias
-        chunk_bytes): the largest chunk; writer_threads (alias threads): encoding/writing threads;
+        level; keep_local/keep_remote: committed steps kept per level (None: all); slab_bytes: one pool
+        buffer and the largest chunk; chunk_bytes: a smaller largest chunk; writer_threads (alias
+        threads): encoding/writing threads;
         timeout_s: bound of a commit's wait for every rank; config: every engine setting at once.
         host_cache_bytes, slab_bytes, writer_threads, max_in_flight and policy left as None come from
         the environment (KEDGE_CKPT_HOST_CACHE_BYTES, ..._SLAB_BYTES, ..._WRITER_THREADS,
@@ -105,7 +106,8 @@ class Checkpointer:
                 rank=rank,
                 world_size=world_size,
                 host_cache_bytes=_setting(host_cache_bytes, "HOST_CACHE_BYTES", int, 4 << 30),
-                slab_bytes=slab_bytes or chunk_bytes or _setting(None, "SLAB_BYTES", int, 64 << 20),
+                slab_bytes=slab_bytes or _setting(None, "SLAB_BYTES", int, 64 << 20),
+                chunk_bytes=chunk_bytes,
                 codec=_codec_name(compression),
                 writer_threads=writer_threads or threads or _setting(None, "WRITER_THREADS", int, 2),
                 max_in_flight=_setting(max_in_flight, "MAX_IN_FLIGHT", int, 2),

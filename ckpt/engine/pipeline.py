@@ -59,6 +59,8 @@ class EngineConfig:
     """Size of the host buffer pool (pinned when CUDA is available)."""
     slab_bytes: int = 64 << 20
     """Size of one pool slab = the largest chunk; rounded up to a power of two."""
+    chunk_bytes: int | None = None
+    """Largest chunk written (None: a slab); smaller chunks make partial reads finer."""
     codec: str = "zstd"
     """Codec of the data chunks (see kedge.ckpt.codec)."""
     writer_threads: int = 2
@@ -249,6 +251,7 @@ class Engine:
             side_stream=side,
             acquire_timeout_s=self.config.snapshot_timeout_s,
             stop=self._stop,
+            chunk_bytes=self.config.chunk_bytes,
         )
         try:
             faults.maybe("ckpt.snapshot_start")

@@ -79,8 +79,11 @@ class SlabPacker:
         side_stream: Any,
         acquire_timeout_s: float,
         stop: threading.Event,
+        chunk_bytes: int | None = None,
     ) -> None:
         self._pool = pool
+        # A chunk (one piece, one record in the manifest) is at most a slab; slabs pack many chunks.
+        self._chunk_bytes = min(chunk_bytes or pool.slab_bytes, pool.slab_bytes)
         self._emit = emit
         self._side_stream = side_stream
         self._acquire_timeout_s = acquire_timeout_s
@@ -89,7 +92,7 @@ class SlabPacker:
         self.copied_bytes = 0
 
     def add_shard(self, shard: Any) -> None:
-        for offsets, sizes in shard_boxes(shard, self._pool.slab_bytes):
+        for offsets, sizes in shard_boxes(shard, self._chunk_bytes):
             self._add_piece(shard, offsets, sizes)
 
     def _add_piece(self, shard: Any, offsets: tuple[int, ...], sizes: tuple[int, ...]) -> None:
