@@ -17,6 +17,10 @@ A step directory is committed iff its manifest exists; only committed steps are 
 partial directory it leaves (`all_step_dirs` shows it) is removed by the next commit (debris
 cleanup removes uncommitted steps older than the newly committed one; newer ones may still be
 in flight and are kept).
+A save repeated at the same step after a crash: each RankWriter first deletes its own old fragment,
+so rank 0 normally waits for fresh ones; should rank 0 still catch a stale fragment before its rank
+deleted it, the manifest points at byte ranges of a data file being rewritten, and the CRC check
+refuses the load (never silent). The asynchronous engine avoids this by never reusing a step.
 Atomic single-file writes on local disk use a temporary name `.<name>.tmp-<pid>-<thread>` in the
 same directory, which a reader never mistakes for a manifest.
 """
