@@ -24,7 +24,7 @@ __all__ = [
 ]
 
 _WHERE = {
-    "Checkpointer": "kedge.ckpt.api",
+    "Checkpointer": "kedge.ckpt.engine.checkpointer",
     "save": "kedge.ckpt.api",
     "load": "kedge.ckpt.api",
     "LocalShard": "kedge.ckpt.state",

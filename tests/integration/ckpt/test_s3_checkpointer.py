@@ -22,7 +22,7 @@ def test_remote_level_retention_and_reshard(seaweedfs: SeaweedFS, s3_bucket: str
                          remote_options=seaweedfs.storage_options, chunk_bytes=1024)  # fmt: skip
     full = torch.arange(40 * 9, dtype=torch.float32).reshape(40, 9)
     for step in (1, 2, 3):
-        ck.save(step, {"w": full + step, "meta": {"step": step}})
+        ck.save(step, {"w": full + step, "meta": {"step": step}}).wait("remote")
     assert Storage(str(tmp_path / "local")).committed_steps() == [3]
     assert Storage(remote, **seaweedfs.storage_options).committed_steps() == [2, 3]
     shutil.rmtree(tmp_path / "local")

@@ -120,7 +120,7 @@ def test_corruption_names_tensor_chunk_file(tmp_path: Path) -> None:
 def test_checkpointer_steps_and_retention(tmp_path: Path) -> None:
     ck = kc.Checkpointer(str(tmp_path), keep_local=2)
     for step in (1, 2, 3):
-        ck.save(step, {"x": torch.full((4,), float(step))})
+        ck.save(step, {"x": torch.full((4,), float(step))}).wait("local")
     assert ck.steps() == [2, 3] and ck.latest_step() == 3
     target = {"x": torch.zeros(4)}
     assert ck.load(target) == 3 and target["x"][0] == 3
