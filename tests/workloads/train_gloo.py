@@ -64,6 +64,7 @@ def inject(kind: str) -> None:
 def main() -> int:
     kh.init()
     rank = int(os.environ.get("RANK", "0"))
+    print(f"rank {rank} restore_step={kh.restore_step()}", file=sys.stderr)
     dist.init_process_group("gloo")
     steps = int(os.environ.get("KEDGE_TEST_STEPS", "30"))
     step_s = float(os.environ.get("KEDGE_TEST_STEP_S", "0.05"))
