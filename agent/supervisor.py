@@ -290,6 +290,8 @@ class Supervisor:
     def _start_workers(self, spec: StartWorkers, incarnation: int) -> None:
         assert self.command is not None
         self.incarnation = incarnation
+        for old in self.workers.values():
+            _remove(old.page_path)
         self.workers = {}
         for ws in spec.workers:
             page = os.path.join(self.run_dir, f"inc{incarnation}-rank{ws.rank}.page")
