@@ -174,8 +174,9 @@ class Supervisor:
         self.server.stop()
         if self.metrics is not None:
             self.metrics.stop()
-        for w in self.workers.values():
-            _remove(w.page_path)
+        if self.command is not None:  # launcher mode owns its ranks' pages; a sidecar does not
+            for w in self.workers.values():
+                _remove(w.page_path)
 
     def _client(self) -> CoordinatorClientLike | None:
         return self.coordinator
