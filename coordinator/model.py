@@ -130,3 +130,52 @@ class ActionRecord:
     incarnation: int
     evidence: list[Verdict] = field(default_factory=list)
     nodes: list[str] = field(default_factory=list)  # nodes isolated or brought in
+
+
+@dataclass(kw_only=True, slots=True)
+class GroupProgress:
+    """Where one rank stands in one process group (mirrors the progress page)."""
+
+    group: str
+    last_enqueued_seq: int = 0
+    last_started_seq: int = 0
+    last_completed_seq: int = 0
+
+
+@dataclass(kw_only=True, slots=True)
+class RankSnapshot:
+    """The last known state of one rank, as its agent reported it."""
+
+    rank: int
+    node_id: str = ""
+    local_rank: int = -1
+    pid: int = 0
+    state: RankState = RankState.UNSPECIFIED
+    step: int = -1
+    step_time_s: float = 0.0
+    proc_status: str = ""
+    exit_code: int = 0
+    signal: int = 0
+    incarnation: int = 0
+    groups: dict[str, GroupProgress] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CollectiveSample:
+    """One completed collective as seen by one rank; durations only (clocks differ across nodes)."""
+
+    rank: int
+    group: str
+    seq: int
+    op: str
+    duration_s: float  # start (or enqueue) to completion on this rank
+    step: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class StepSample:
+    """One finished training step of one rank."""
+
+    rank: int
+    step: int
+    duration_s: float
