@@ -11,7 +11,6 @@ import kubernetes_validate
 import pytest
 import yaml
 from click.testing import CliRunner
-
 from kedge.coordinator.cli import main
 
 pytestmark = pytest.mark.timeout(60)
