@@ -15,6 +15,7 @@ Modes:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import queue
@@ -25,7 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Protocol
 
 import psutil
@@ -173,8 +174,9 @@ class Supervisor:
         self.server.stop()
         if self.metrics is not None:
             self.metrics.stop()
-        for w in self.workers.values():
-            _remove(w.page_path)
+        if self.command is not None:  # launcher mode owns its ranks' pages; a sidecar does not
+            for w in self.workers.values():
+                _remove(w.page_path)
 
     def _client(self) -> CoordinatorClientLike | None:
         return self.coordinator
@@ -235,6 +237,8 @@ class Supervisor:
             v.reason,
         )
         self.verdicts.append(v)
+        if self.config.verdict_log:
+            _append_json_line(self.config.verdict_log, v)
         if self.metrics is not None:
             self.metrics.observe_verdict(v)
         client = self._client()
@@ -287,6 +291,8 @@ class Supervisor:
     def _start_workers(self, spec: StartWorkers, incarnation: int) -> None:
         assert self.command is not None
         self.incarnation = incarnation
+        for old in self.workers.values():
+            _remove(old.page_path)
         self.workers = {}
         for ws in spec.workers:
             page = os.path.join(self.run_dir, f"inc{incarnation}-rank{ws.rank}.page")
@@ -518,6 +524,13 @@ def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _append_json_line(path: str, v: Verdict) -> None:
+    record = asdict(v)
+    record["kind"] = v.kind.name
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def _remove(path: str) -> None:
