@@ -353,8 +353,9 @@ class CoordinatorCore:
         if slow and rt.probe is None:
             peers = rt.world_nodes()
             ex = self.config.executor
+            address = rt.nodes[peers[0]].address or "127.0.0.1"
             body = RunProbeBody(
-                peers=peers, master_addr=rt.nodes[peers[0]].address, master_port=ex.master_port
+                peers=peers, master_addr=address, master_port=ex.master_port or executor.free_port()
             )
             ids = {}
             for node in peers:

@@ -6,10 +6,9 @@ from __future__ import annotations
 import threading
 
 import pytest
-from kedge_fixtures.processes import free_port
-
 from kedge.agent.model import Command, ProbeResult, RunProbe
 from kedge.agent.probe_runner import run_probe
+from kedge_fixtures.processes import free_port
 
 
 @pytest.mark.slow
