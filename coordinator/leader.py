@@ -144,8 +144,8 @@ class LeaderElection:
                 self._set_reachable(True)
             except EtcdError as error:
                 self._set_reachable(False, error)
-                self._check_expiry()
                 self._stop.wait(min(0.5, self.config.ttl_s / 6))
+            self._check_expiry()
 
     def _campaign(self) -> None:
         kv = self._client.get(self.key)
