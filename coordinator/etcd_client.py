@@ -269,6 +269,8 @@ class EtcdClient:
             future = asyncio.run_coroutine_threadsafe(_close_quietly(self._client), self._loop)
             with contextlib.suppress(Exception):
                 future.result(timeout=self.timeout_s)
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(_cancel_pending(), self._loop).result(timeout=self.timeout_s)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=self.timeout_s)
         if not self._thread.is_alive():
@@ -380,6 +382,15 @@ def _connected(op: Any) -> Any:
         return await op(client)
 
     return run
+
+
+async def _cancel_pending() -> None:
+    """Cancels what gRPC left running on the loop, so stopping it destroys no pending task."""
+    current = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not current]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _close_quietly(client: Any) -> None:
