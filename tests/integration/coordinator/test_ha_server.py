@@ -1,0 +1,116 @@
+"""Two `kedge coordinator serve --store etcd://...` processes on one real etcd, with scripted agents:
+one leads, the standby answers status read-only and redirects agents; after SIGKILL of the leader the
+standby takes over within the lease TTL and continues the running job at the same incarnation."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from kedge.coordinator.admin_client import get_status
+from kedge.coordinator.errors import CoordinatorUnreachable
+from kedge.coordinator.ha_server import LEADER_METADATA_KEY
+from kedge_fixtures.etcd import EtcdHandle
+from kedge_fixtures.fake_agent import FakeAgent
+
+pytestmark = [pytest.mark.timeout(90), pytest.mark.etcd]
+
+KEDGE = [sys.executable, "-c", "from kedge.coordinator.cli import main; main()"]
+
+
+class Replica:
+    def __init__(self, etcd: EtcdHandle, name: str) -> None:
+        env = dict(os.environ, KEDGE_COORDINATOR_ID=name)
+        argv = [
+            *KEDGE,
+            "coordinator",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            etcd.store_url + etcd.prefix,
+        ]
+        argv += ["--lease-ttl-s", "3", "--master-port", "29500"]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        match = re.search(r"listening on (\S+)", line)
+        assert match, f"no address in {line!r}"
+        self.address = match.group(1)
+
+    def leads(self) -> bool:
+        try:
+            return bool(get_status(self.address, timeout_s=2.0)["leader"])
+        except CoordinatorUnreachable:
+            return False
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def replicas(etcd: EtcdHandle) -> Iterator[list[Replica]]:
+    made: list[Replica] = []
+    yield made
+    for replica in made:
+        replica.close()
+
+
+def _wait(predicate: object, timeout_s: float) -> float:
+    start = time.monotonic()
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() - start < timeout_s, f"not within {timeout_s}s"
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def test_standby_redirects_and_takes_over_the_running_job(etcd: EtcdHandle, replicas: list[Replica]) -> None:
+    replicas.append(Replica(etcd, "a"))
+    a = replicas[0]
+    _wait(a.leads, 10)
+    replicas.append(Replica(etcd, "b"))
+    b = replicas[1]
+    agent = FakeAgent(a.address, "node-a")
+    try:
+        assert agent.register().accepted
+        assert agent.wait_for("start", 1).start.world_size == 2
+        # the standby: status read-only from the store, agents redirected to the leader
+        status = get_status(b.address)
+        assert status["leader"] is False and status["jobs"][0]["incarnation"] == 1
+        probe = FakeAgent(b.address, "node-x")
+        with pytest.raises(grpc.RpcError) as refused:
+            probe.register()
+        probe.close()
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert (LEADER_METADATA_KEY, a.address) in tuple(refused.value.trailing_metadata())
+    finally:
+        agent.close()
+    a.proc.kill()  # the leader dies
+    a.proc.wait(timeout=10)
+    took_s = _wait(b.leads, 8)
+    assert took_s <= 5.0, f"takeover took {took_s:.2f}s"
+    moved = FakeAgent(b.address, "node-a")
+    moved.incarnation = 1  # its workers still run incarnation 1
+    try:
+        answer = moved.register()
+        assert answer.accepted and answer.incarnation == 1
+        time.sleep(2.0)  # healthy workers are left alone: no stop, no new start
+        assert [c.WhichOneof("body") for c in moved.commands] == []
+        job = get_status(b.address)["jobs"][0]
+        assert (job["incarnation"], job["state"], job["restarts"]) == (1, "running", 0)
+    finally:
+        moved.close()
