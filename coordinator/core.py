@@ -42,6 +42,8 @@ from kedge.coordinator.store import Store
 log = logging.getLogger(__name__)
 
 RANK_VERDICTS = frozenset({VerdictKind.RANK_DIED, VerdictKind.RANK_FROZEN, VerdictKind.RANK_EXITED_OK})
+SEEN_VERDICTS = 4096
+"""Agent verdict identities remembered for de-duplication (agents resend after a broken stream)."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -208,6 +210,12 @@ class CoordinatorCore:
 
     def _take_agent_verdict(self, rt: JobRuntime, node_id: str, v: Verdict) -> None:
         v.node_id = v.node_id or node_id
+        identity = (v.node_id, v.rank, int(v.kind), v.wall_time_ns)
+        if v.wall_time_ns and identity in rt.seen_verdicts:
+            return  # delivered again after a reconnect
+        rt.seen_verdicts[identity] = None
+        while len(rt.seen_verdicts) > SEEN_VERDICTS:
+            del rt.seen_verdicts[next(iter(rt.seen_verdicts))]
         if v.kind in RANK_VERDICTS and v.incarnation not in (0, rt.job.incarnation):
             return  # about workers of an older world
         if rt.recovery is not None and v.kind in RANK_VERDICTS:

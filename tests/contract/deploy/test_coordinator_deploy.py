@@ -11,7 +11,6 @@ import kubernetes_validate
 import pytest
 import yaml
 from click.testing import CliRunner
-
 from kedge.coordinator.cli import main
 
 pytestmark = pytest.mark.timeout(60)
@@ -21,7 +20,9 @@ UNIT = DEPLOY / "systemd" / "kedge-coordinator.service"
 MANIFEST = DEPLOY / "k8s" / "coordinator.yaml"
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (.ci/run installs it)")
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed (.ci/run installs it)"
+)
 def test_systemd_unit_verifies_cleanly(tmp_path: Path) -> None:
     # verify checks that ExecStart exists; point it at a stand-in with the same name.
     unit = tmp_path / UNIT.name
@@ -29,7 +30,9 @@ def test_systemd_unit_verifies_cleanly(tmp_path: Path) -> None:
     fake_bin.write_text("#!/bin/sh\n")
     fake_bin.chmod(0o755)
     unit.write_text(UNIT.read_text().replace("/opt/kedge/bin/kedge", str(fake_bin)))
-    proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0 and proc.stderr.strip() == "", proc.stderr
 
 

@@ -119,7 +119,12 @@ def test_start_restart_and_resume(tmp_path: Path) -> None:
     assert (status.job.state, status.job.incarnation, status.job.restarts) == (JobState.RUNNING, 2, 1)
     assert status.actions[0].kind is ActionKind.RESTART and "rank 3 killed" in status.actions[0].reason
     assert status.diagnoses[0].node_id == "n2"
-    # a late report about the old world changes nothing
+    # a verdict delivered twice (agent reconnect) counts once; a late report about the old world changes nothing
+    again = Verdict(kind=VerdictKind.RANK_DIED, rank=1, reason="rank 1 died", incarnation=2, wall_time_ns=5)
+    core.report(NodeReportData(job_id="j", node_id="n1", incarnation=2, verdicts=[again]))
+    core.report(NodeReportData(job_id="j", node_id="n1", incarnation=2, verdicts=[again]))
+    assert len(core._jobs["j"].verdicts) == 1
+    core._jobs["j"].verdicts.clear()
     core.report(NodeReportData(job_id="j", node_id="n2", incarnation=1, verdicts=[died]))
     advance(core, clock, 0.5, ("n1", "n2"))
     assert sink.take() == []
