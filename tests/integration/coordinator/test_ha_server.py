@@ -4,70 +4,17 @@ standby takes over within the lease TTL and continues the running job at the sam
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 
 import grpc
 import pytest
 from kedge.coordinator.admin_client import get_status
-from kedge.coordinator.errors import CoordinatorUnreachable
 from kedge.coordinator.ha_server import LEADER_METADATA_KEY
+from kedge_fixtures.coordinator_ha import Replica
 from kedge_fixtures.etcd import EtcdHandle
 from kedge_fixtures.fake_agent import FakeAgent
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.etcd]
-
-KEDGE = [sys.executable, "-c", "from kedge.coordinator.cli import main; main()"]
-
-
-class Replica:
-    def __init__(self, etcd: EtcdHandle, name: str) -> None:
-        env = dict(os.environ, KEDGE_COORDINATOR_ID=name)
-        argv = [
-            *KEDGE,
-            "coordinator",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--store",
-            etcd.store_url + etcd.prefix,
-        ]
-        argv += ["--lease-ttl-s", "3", "--master-port", "29500"]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        match = re.search(r"listening on (\S+)", line)
-        assert match, f"no address in {line!r}"
-        self.address = match.group(1)
-
-    def leads(self) -> bool:
-        try:
-            return bool(get_status(self.address, timeout_s=2.0)["leader"])
-        except CoordinatorUnreachable:
-            return False
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-
-@pytest.fixture
-def replicas(etcd: EtcdHandle) -> Iterator[list[Replica]]:
-    made: list[Replica] = []
-    yield made
-    for replica in made:
-        replica.close()
 
 
 def _wait(predicate: object, timeout_s: float) -> float:
