@@ -56,9 +56,9 @@ def gpu_to_proto(g: model.GpuHealth) -> common_pb2.GpuHealth:
 
 
 def collective_to_proto(c: model.CollectiveRecord) -> common_pb2.CollectiveRecord:
-    fields = asdict(c)
-    fields.pop("rank")
-    return common_pb2.CollectiveRecord(**fields)
+    return common_pb2.CollectiveRecord(
+        **asdict(c)
+    )  # CollectiveRecord.rank (field 10) tells the coordinator whose
 
 
 def collective_from_proto(c: common_pb2.CollectiveRecord, rank: int) -> model.CollectiveRecord:

@@ -203,10 +203,15 @@ class CoordinatorCore:
         rt.diagnoser.observe_ranks(now, own)
         rt.diagnoser.observe_steps(rep.steps)
         rt.diagnoser.observe_collectives(rep.collectives)
-        if rt.resume_pending and (rep.steps or any(s.step_time_s > 0 for s in own)):
+        # a rank of the new world finished a step (step samples in the report may predate the restart)
+        done = [
+            s.step for s in own if s.incarnation == rt.job.incarnation and s.step >= 0 and s.step_time_s > 0
+        ]
+        if rt.resume_pending and done:
             rt.resume_pending = False
-            step = max([s.step for s in rep.steps] + [s.step for s in own])
-            self._event(rt, "resumed", f"first step after start: {step} (incarnation {rt.job.incarnation})")
+            self._event(
+                rt, "resumed", f"first step after start: {max(done)} (incarnation {rt.job.incarnation})"
+            )
 
     def _take_agent_verdict(self, rt: JobRuntime, node_id: str, v: Verdict) -> None:
         v.node_id = v.node_id or node_id

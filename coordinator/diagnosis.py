@@ -75,6 +75,7 @@ class _RankView:
 @dataclass(slots=True)
 class _Pending:
     durations: dict[int, float] = field(default_factory=dict)
+    enqueued_ns: dict[int, int] = field(default_factory=dict)
 
 
 class Diagnoser:
@@ -133,9 +134,12 @@ class Diagnoser:
                 continue
             pending = self._pending.setdefault((s.group, s.seq), _Pending())
             pending.durations[s.rank] = s.duration_s
+            pending.enqueued_ns[s.rank] = s.enqueue_ns
             if len(pending.durations) == self._world_size:
                 del self._pending[(s.group, s.seq)]
-                self._align(pending.durations)
+                durations = _durations(pending, self.median_step_s())
+                if durations is not None:
+                    self._align(durations)
             while len(self._pending) > self.config.max_pending_collectives:
                 self._pending.popitem(last=False)
 
@@ -285,6 +289,23 @@ class Diagnoser:
                 evidence={"baseline_s": f"{base:.4f}", "recent_s": f"{now:.4f}"},
             )
         ]
+
+
+def _durations(pending: _Pending, median_step_s: float) -> dict[int, float] | None:
+    """Each rank's time in the collective. Measured durations when every rank has one (NCCL);
+    otherwise, from enqueue times, how long each rank waited for the last one to arrive. That
+    needs a shared clock (ranks of one host, or synchronised clocks): a spread wider than a step
+    means the clocks are not comparable, and the collective is not used."""
+    if all(d >= 0 for d in pending.durations.values()):
+        return pending.durations
+    enq = pending.enqueued_ns
+    if any(t <= 0 for t in enq.values()):
+        return None
+    last = max(enq.values())
+    spread_s = (last - min(enq.values())) / 1e9
+    if median_step_s <= 0 or spread_s > 1.5 * median_step_s:
+        return None
+    return {r: (last - t) / 1e9 for r, t in enq.items()}
 
 
 def _progress_key(snap: RankSnapshot) -> tuple[int, ...]:

@@ -181,3 +181,40 @@ def test_probe_flat_matrix_and_unmeasured_cells() -> None:
     sparse = [-1.0] * 9
     assert localize_probe(["a", "b", "c"], sparse).kind == "none"
     assert localize_probe(["a"], [0.0]).kind == "none"
+
+
+def test_straggler_from_enqueue_times_when_no_completion_is_recorded() -> None:
+    """gloo's Flight Recorder has no completion times: the last rank to enqueue is the straggler."""
+    job = FakeJob()
+    job.run_steps(20)
+    t_ns = 10**12
+    found = []
+    for step in range(20):
+        t_ns += int(0.2e9)
+        samples = [
+            CollectiveSample(
+                rank=r,
+                group="g",
+                seq=step,
+                op="allreduce",
+                duration_s=-1.0,
+                enqueue_ns=t_ns + (int(0.08e9) if r == 1 else r * 1000),
+            )
+            for r in range(WORLD)
+        ]
+        job.d.observe_collectives(samples)
+        job.d.observe_ranks(job.now + step, job.snapshots())
+        found += job.d.evaluate(job.now + step)
+    assert [(v.kind, v.rank) for v in found] == [(VerdictKind.STRAGGLER, 1)]
+
+
+def test_enqueue_times_of_unrelated_clocks_are_not_used() -> None:
+    job = FakeJob()
+    job.run_steps(20)
+    before = len(job.d._last_arrivals)
+    samples = [
+        CollectiveSample(rank=r, group="g", seq=1, op="x", duration_s=-1.0, enqueue_ns=10**12 + r * 10**10)
+        for r in range(WORLD)
+    ]
+    job.d.observe_collectives(samples)
+    assert len(job.d._last_arrivals) == before
