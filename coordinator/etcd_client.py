@@ -219,23 +219,27 @@ class EtcdClient:
         if self._closed:
             raise EtcdUnavailableError("etcd client closed")
         wait_s = (timeout_s if timeout_s is not None else self.timeout_s) + _LOOP_MARGIN_S
-        future = asyncio.run_coroutine_threadsafe(self._call(make), self._loop)
+        used: list[Any] = []  # the aetcd client the call ran on, to fail over from that one only
+        future = asyncio.run_coroutine_threadsafe(self._call(make, used), self._loop)
         try:
             return future.result(timeout=wait_s)
         except concurrent.futures.TimeoutError:
             future.cancel()
             message = f"etcd at {self.endpoint} did not answer within {wait_s:.1f}s"
-            self._failover(message)
+            self._failover(used, message)
             raise EtcdUnavailableError(message) from None
+        except concurrent.futures.CancelledError:  # another caller's reconnect closed this channel
+            raise EtcdUnavailableError(f"etcd call to {self.endpoint} cut off by a reconnect") from None
         except EtcdUnavailableError as error:
-            self._failover(str(error))
+            self._failover(used, str(error))
             raise
 
-    async def _call(self, make: Any) -> Any:
+    async def _call(self, make: Any, used: list[Any]) -> Any:
         if self._client is None:
             self._client = aetcd.Client(
                 *self._host_port(), timeout=self.timeout_s, options=dict(_CHANNEL_OPTIONS)
             )
+        used.append(self._client)
         try:
             return await make(self._client)
         except BaseException as error:  # every failure becomes an EtcdError
@@ -251,13 +255,19 @@ class EtcdClient:
         host, _, port = self.endpoint.rpartition(":")
         return host, int(port)
 
-    def _failover(self, why: str) -> None:
-        """Drops the channel (a broken watch stream or channel is not reused) and moves endpoint."""
-        old = self._client
+    def _failover(self, used: list[Any], why: str) -> None:
+        """Drops the channel the failed call used (a broken channel or watch stream is not reused)
+        and moves to the next endpoint. The swap runs on the loop thread, where calls build their
+        client, so swaps never interleave and callers failing on one channel move on only once."""
+        if used:
+            self._loop.call_soon_threadsafe(self._swap_client, used[0], why)
+
+    def _swap_client(self, failed: Any, why: str) -> None:
+        if failed is None or self._client is not failed:
+            return
         self._client = None
         self._endpoint_index = (self._endpoint_index + 1) % len(self.endpoints)
-        if old is not None:
-            asyncio.run_coroutine_threadsafe(_close_quietly(old), self._loop)
+        self._loop.create_task(_close_quietly(failed))
         log.debug("etcd_failover reason=%r next_endpoint=%s", why, self.endpoint)
 
     def close(self) -> None:
@@ -291,12 +301,15 @@ class EtcdClient:
         response = self._run(_connected(op))
         return _key_value(response.kvs[0]) if response.kvs else None
 
-    def get_prefix(self, prefix: str) -> list[KeyValue]:
+    def get_prefix(self, prefix: str, *, limit: int = 0, newest_first: bool = False) -> list[KeyValue]:
+        """Keys under `prefix` in key order (reversed with `newest_first`), at most `limit` (0: all)."""
         encoded = prefix.encode()
+        order = rpc.RangeRequest.DESCEND if newest_first else rpc.RangeRequest.ASCEND
         request = rpc.RangeRequest(
             key=encoded,
             range_end=_range_end(encoded),
-            sort_order=rpc.RangeRequest.ASCEND,
+            limit=limit,
+            sort_order=order,
             sort_target=rpc.RangeRequest.KEY,
         )
 
@@ -369,6 +382,8 @@ class EtcdClient:
                 event = await c.watch_once(key.encode(), timeout=timeout_s, start_revision=after_revision + 1)
             except aetcd.WatchTimeoutError:
                 return False
+            except aetcd.RevisionCompactedError:  # history is gone: it did change; read it again
+                return True
             if isinstance(event, BaseException):  # aetcd hands a broken stream to the waiter
                 raise event
             return True

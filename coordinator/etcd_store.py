@@ -404,12 +404,22 @@ class EtcdStore:
         return [Delete(key) for key in doomed[:_OPS_PER_TXN]]
 
     def _recent(self, job_id: str, kind: str, limit: int) -> list[dict[str, object]]:
-        batches = self._get_prefix(self._job(job_id, kind + "/"))
+        """Newest first; reads only the newest `limit` batches (each holds at least one record)."""
+        limit = min(limit, RETAINED_RECORDS)
+        if limit <= 0:
+            return []
+        prefix = self._job(job_id, kind + "/")
+        try:
+            batches = self.client.get_prefix(prefix, limit=limit, newest_first=True)
+        except EtcdError as error:
+            raise (StoreUnavailable if isinstance(error, EtcdUnavailableError) else StoreError)(
+                str(error)
+            ) from error
         if not batches:
             return []
-        first_kept = _batch_end(batches[-1].key) - RETAINED_RECORDS
+        first_kept = _batch_end(batches[0].key) - RETAINED_RECORDS
         out: list[dict[str, object]] = []
-        for kv in reversed(batches):
+        for kv in batches:
             start = int(kv.key.rsplit("/", 1)[1].split("-")[0])
             for offset, record in reversed(list(enumerate(json.loads(kv.value)))):
                 if start + offset < first_kept or len(out) >= limit:

@@ -130,7 +130,10 @@ class HaAdminService(_HaCore, AdminService):
 
     def GetStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
         leading = self.ha.core() is not None
-        response = super().GetStatus(request, context)
+        try:
+            response = super().GetStatus(request, context)
+        except StoreError as error:  # a standby reads the store: say why when etcd is away
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"coordinator state unreadable: {error}")
         response.leader = leading
         return response
 

@@ -145,6 +145,9 @@ class LeaderElection:
             except EtcdError as error:
                 self._set_reachable(False, error)
                 self._stop.wait(min(0.5, self.config.ttl_s / 6))
+            except Exception:  # never let the election thread die: this process could never lead again
+                log.exception("leader_election_error key=%s id=%s", self.key, self.candidate_id)
+                self._stop.wait(min(0.5, self.config.ttl_s / 6))
             self._check_expiry()
 
     def _campaign(self) -> None:

@@ -234,9 +234,20 @@ def recovery_table(server: EtcdServer, workdir: Path, count: int) -> None:
         times = [t for t, _ in runs]
         label = "leader SIGKILLed after its decision" if kill_leader else "no leader kill (baseline)"
         restarts = sorted({r for _, r in runs})
-        print(
-            f"{label:<36} {statistics.median(times):7.2f} {max(times):7.2f} {restarts!s:>16}", flush=True
-        )
+        print(f"{label:<36} {statistics.median(times):7.2f} {max(times):7.2f} {restarts!s:>16}", flush=True)
+
+
+def takeover_table(server: EtcdServer, kills: int, ttl_s: int) -> None:
+    takeovers = []
+    for i in range(kills):
+        takeovers.append(one_takeover(server, f"/bench/takeover/{i}/", ttl_s))
+        print(f"  kill {i + 1}/{kills}: takeover {takeovers[-1]:.2f} s", flush=True)
+    print(f"\ntakeover after SIGKILL of the leader (lease TTL {ttl_s} s, {kills} kills)")
+    print(f"{'p50 s':>8} {'p99 s':>8} {'max s':>8} {'min s':>8}")
+    print(
+        f"{percentile(takeovers, 0.5):8.2f} {percentile(takeovers, 0.99):8.2f} "
+        f"{max(takeovers):8.2f} {min(takeovers):8.2f}"
+    )
 
 
 def main() -> None:
@@ -257,16 +268,8 @@ def main() -> None:
     server.start()
     try:
         print(f"machine: {machine()}", flush=True)
-        takeovers = []
-        for i in range(args.kills):
-            takeovers.append(one_takeover(server, f"/bench/takeover/{i}/", args.ttl_s))
-            print(f"  kill {i + 1}/{args.kills}: takeover {takeovers[-1]:.2f} s", flush=True)
-        print(f"\ntakeover after SIGKILL of the leader (lease TTL {args.ttl_s} s, {args.kills} kills)")
-        print(f"{'p50 s':>8} {'p99 s':>8} {'max s':>8} {'min s':>8}")
-        print(
-            f"{percentile(takeovers, 0.5):8.2f} {percentile(takeovers, 0.99):8.2f} "
-            f"{max(takeovers):8.2f} {min(takeovers):8.2f}"
-        )
+        if args.kills > 0:
+            takeover_table(server, args.kills, args.ttl_s)
         client = EtcdClient([server.endpoint], timeout_s=2.0)
         etcd_rates = ops_per_s(EtcdStore(client, "/bench/ops/"), "j", args.ops)
         sqlite_store = SqliteStore(disk_tmp / "c.db")

@@ -6,10 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 from kedge.coordinator.errors import BadStoreUrl, SchemaMismatch, StoreUnavailable
-from kedge.coordinator.etcd_client import EtcdClient
+from kedge.coordinator.etcd_client import EtcdClient, EtcdUnavailableError
 from kedge.coordinator.etcd_store import DEFAULT_PREFIX, EtcdStore, parse_store_url
 from kedge.coordinator.store import open_store
 from kedge_fixtures.etcd import EtcdHandle
+from kedge_fixtures.processes import free_port
 from kedge_fixtures.store_contract import StoreContract, StoreFactory
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.etcd]
@@ -57,3 +58,13 @@ def test_unreachable_etcd_is_store_unavailable(etcd: EtcdHandle, client: EtcdCli
     etcd.server.start()
     job = store.get_job("j")
     assert job is not None and job.job_id == "j"
+
+
+def test_client_moves_to_the_next_endpoint(etcd: EtcdHandle) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    with EtcdClient([dead, etcd.endpoint], timeout_s=1.0) as client:
+        with pytest.raises(EtcdUnavailableError):
+            client.get(etcd.prefix + "k")
+        client.put(etcd.prefix + "k", b"v")
+        kv = client.get(etcd.prefix + "k")
+        assert kv is not None and kv.value == b"v" and client.endpoint == etcd.endpoint

@@ -61,3 +61,32 @@ def test_standby_redirects_and_takes_over_the_running_job(etcd: EtcdHandle, repl
         assert (job["incarnation"], job["state"], job["restarts"]) == (1, "running", 0)
     finally:
         moved.close()
+
+
+def test_etcd_restart_and_outage_under_a_running_job(etcd: EtcdHandle, replicas: list[Replica]) -> None:
+    replicas.append(Replica(etcd, "a"))
+    a = replicas[0]
+    _wait(a.leads, 10)
+    agent = FakeAgent(a.address, "node-a")
+    try:
+        assert agent.register().accepted
+        agent.wait_for("start", 1)
+        etcd.server.restart()  # etcd itself restarted: the coordinator reconnects, state intact
+        _wait(a.leads, 15)
+        job = get_status(a.address)["jobs"][0]
+        assert (job["incarnation"], job["state"]) == (1, "running")
+        etcd.server.pause()  # etcd unreachable: the coordinator stops acting and says so
+        _wait(lambda: not a.leads(), 5)
+        probe = FakeAgent(a.address, "node-x")
+        with pytest.raises(grpc.RpcError) as refused:
+            probe.register()
+        probe.close()
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        etcd.server.resume()  # back: it leads again and continues the same job
+        _wait(a.leads, 20)
+        time.sleep(1.0)
+        job = get_status(a.address)["jobs"][0]
+        assert (job["incarnation"], job["state"], job["restarts"]) == (1, "running", 0)
+        assert [(c.WhichOneof("body"), c.incarnation) for c in agent.commands] == [("start", 1)]
+    finally:
+        agent.close()
