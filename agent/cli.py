@@ -18,7 +18,12 @@ def agent() -> None:
 
 def _common(fn: click.decorators.FC) -> click.decorators.FC:
     options = [
-        click.option("--coordinator", "coordinator", default=None, help="Coordinator address HOST:PORT."),
+        click.option(
+            "--coordinator",
+            "coordinator",
+            default=None,
+            help="Coordinator address HOST:PORT, or several HOST:PORT,HOST:PORT (HA: the agent fails over).",
+        ),
         click.option("--node-id", default=None, help="Stable id of this node (default: the hostname)."),
         click.option("--job-id", default=None, help="Job id (default: 'default')."),
         click.option("--run-dir", default=None, help="Socket and progress-page directory (tmpfs)."),
@@ -43,8 +48,10 @@ def _run(overrides: dict[str, object], command: tuple[str, ...] | None, log_leve
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
     )
     coordinator = overrides.get("coordinator")
-    if coordinator is not None and ":" not in str(coordinator):
-        click.echo(f"kedge agent: --coordinator must be HOST:PORT, got {coordinator!r}", err=True)
+    if coordinator is not None and not all(":" in part for part in str(coordinator).split(",")):
+        click.echo(
+            f"kedge agent: --coordinator must be HOST:PORT[,HOST:PORT...], got {coordinator!r}", err=True
+        )
         sys.exit(BAD_INPUT_EXIT)
     try:
         config = Config.from_env(overrides)

@@ -9,6 +9,11 @@ Three daemon threads, each reconnecting with bounded exponential backoff:
   node, rank, kind and wall time);
 - commands: the Commands stream; each command goes to the supervisor's bounded queue.
 While the coordinator is unreachable the supervisor keeps working; only this module waits.
+
+Several coordinators (high availability, `--coordinator A,B,C`): when the session's RPC fails, the
+client moves to the leader a standby named in its refusal (trailing metadata `kedge-leader`), else to
+the next address, and registers there with the incarnation its workers run, so healthy workers keep
+running (the new leader continues the same incarnation).
 """
 
 from __future__ import annotations
@@ -67,7 +72,8 @@ class CoordinatorClient:
         on_command: Callable[[Command], None],
         outbox_size: int = 120,
     ) -> None:
-        self.address = address
+        self.addresses = [a.strip() for a in address.split(",") if a.strip()]
+        self.address = self.addresses[0]
         self.job_id = job_id
         self.node_id = node_id
         self._hello = coordinator_pb2.RegisterNodeRequest(
@@ -81,7 +87,7 @@ class CoordinatorClient:
         )
         self._incarnation = incarnation
         self._on_command = on_command
-        self._channel = grpc.insecure_channel(address)
+        self._channel = grpc.insecure_channel(self.address)
         self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
         self._outbox: deque[NodeReport] = deque()
         self._outbox_size = outbox_size
@@ -169,7 +175,23 @@ class CoordinatorClient:
                 self._heartbeat()
             except grpc.RpcError as exc:
                 log.warning("coordinator_unreachable addr=%s code=%s", self.address, _code(exc))
+                if not isinstance(exc, _Rejected):
+                    self._fail_over(exc)
                 backoff.wait(self._stop)
+
+    def _fail_over(self, exc: grpc.RpcError) -> None:
+        """Moves to the leader the refusal names, else to the next address; registers again there."""
+        hint = _leader_hint(exc)
+        index = self.addresses.index(self.address) if self.address in self.addresses else -1
+        target = hint or self.addresses[(index + 1) % len(self.addresses)]
+        if target == self.address:
+            return
+        log.warning("coordinator_failover node=%s from=%s to=%s", self.node_id, self.address, target)
+        old, self.address = self._channel, target
+        self._channel = grpc.insecure_channel(target)
+        self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
+        self.registered.clear()
+        old.close()  # ends the report and command streams on the old coordinator; they follow
 
     def _register(self) -> None:
         request = coordinator_pb2.RegisterNodeRequest()
@@ -273,6 +295,19 @@ class _Rejected(grpc.RpcError):
 
     def code(self) -> grpc.StatusCode:
         return grpc.StatusCode.FAILED_PRECONDITION
+
+
+def _leader_hint(exc: grpc.RpcError) -> str:
+    """The leader's address from a standby coordinator's refusal (metadata `kedge-leader`), or ''."""
+    metadata = getattr(exc, "trailing_metadata", None)
+    try:
+        pairs = metadata() if callable(metadata) else None
+    except Exception:  # a locally made error carries no metadata
+        return ""
+    for key, value in pairs or ():
+        if key == "kedge-leader" and isinstance(value, str):
+            return value
+    return ""
 
 
 def _code(exc: grpc.RpcError) -> str:

@@ -30,7 +30,10 @@ def run_server(
     except (ConfigError, CoordinatorError) as exc:
         print(f"kedge coordinator serve: {exc}", file=sys.stderr)
         return 2
-    from kedge.coordinator.server import serve
+    if store_url.startswith("etcd://"):  # several coordinators, one leader (issue 10)
+        from kedge.coordinator.ha_server import serve_ha as serve
+    else:
+        from kedge.coordinator.server import serve  # type: ignore[assignment]
 
     try:
         server = serve(listen, store, config)

@@ -180,6 +180,12 @@ def serve(listen: str, store: Store, config: Config | None = None) -> RunningSer
     return RunningServer(address, port, core, server, stopping, ticker)
 
 
+def add_services(server: grpc.Server, coordinator: CoordinatorService, admin: AdminService) -> None:
+    """Registers both services on `server` (used by the high-availability server, kedge.coordinator.ha_server)."""
+    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(coordinator, server)
+    admin_pb2_grpc.add_AdminServicer_to_server(admin, server)
+
+
 def _tick_loop(core: CoordinatorCore, stopping: threading.Event) -> None:
     while not stopping.wait(core.config.tick_interval_s):
         try:

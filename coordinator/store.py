@@ -162,8 +162,8 @@ def open_store(url: str) -> Store:
         return SqliteStore(path)
     if url.startswith("etcd://"):
         try:
-            from kedge.coordinator import etcd_store  # type: ignore[attr-defined]
+            from kedge.coordinator import etcd_store
         except ImportError as exc:
             raise BadStoreUrl(f"etcd store is not available in this build: {url!r}") from exc
-        return etcd_store.open_etcd_store(url)  # type: ignore[no-any-return]
+        return etcd_store.open_etcd_store(url)
     raise BadStoreUrl(f"unknown store url {url!r}: use sqlite:///PATH or etcd://HOST:PORT")
