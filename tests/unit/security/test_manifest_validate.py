@@ -154,9 +154,9 @@ def test_fuzz_validator_never_crashes_and_admits_only_sound_boxes(
         itemsize = v.ITEMSIZE_BYTES[t.dtype]
         for c in t.chunks:
             assert all(
-                0 <= o and 0 <= s and o + s <= n for o, s, n in zip(c.offsets, c.sizes, t.shape, strict=True)
+                o >= 0 and s >= 0 and o + s <= n for o, s, n in zip(c.offsets, c.sizes, t.shape, strict=True)
             )
-            assert 0 <= c.byte_offset and c.byte_offset + c.byte_length <= file_size
+            assert c.byte_offset >= 0 and c.byte_offset + c.byte_length <= file_size
             assert c.raw_length <= v.DEFAULT_LIMITS.max_chunk_bytes
             n = 1
             for s in c.sizes:
