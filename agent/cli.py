@@ -27,6 +27,7 @@ def _common(fn: click.decorators.FC) -> click.decorators.FC:
             "--metrics-addr", default=None, help="Prometheus HOST:PORT (default 127.0.0.1:0; '' off)."
         ),
         click.option("--nvml", default=None, help="auto | real | off | fake:SCRIPT.json"),
+        click.option("--verdict-log", default=None, help="Append verdicts as JSON lines to this file."),
         click.option("--log-level", default="INFO", show_default=True),
     ]
     for option in reversed(options):

@@ -48,6 +48,8 @@ class Config:
     """A rank must stay in state T (stopped) this long to be called frozen."""
     nvml: str = "auto"
     """NVML backend: auto | real | fake:<scenario.json> | off."""
+    verdict_log: str = ""
+    """Append every verdict as a JSON line to this file ('' off): an audit trail operators can grep."""
     report_buffer: int = 120
     """Reports kept while the coordinator is unreachable (oldest summaries dropped first)."""
 

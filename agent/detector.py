@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from kedge.agent.model import GpuHealth, Verdict, VerdictKind
 from kedge.agent.progress_reader import PageSnapshot
-from kedge.agent.workers import Worker, describe_exit
+from kedge.agent.workers import ADOPTED_GONE, Worker, describe_exit
 
 STEP_WINDOW = 64
 HEARTBEAT_STALE_S = 1.0
@@ -98,7 +98,10 @@ class Detector:
         if w.stopping:
             return None
         code, sig, words = describe_exit(obs.returncode)
-        kind = VerdictKind.RANK_EXITED_OK if obs.returncode == 0 else VerdictKind.RANK_DIED
+        clean = obs.returncode == 0
+        if obs.returncode == ADOPTED_GONE and obs.page is not None and obs.page.closed:
+            clean, words = True, "exited cleanly (its page is closed)"
+        kind = VerdictKind.RANK_EXITED_OK if clean else VerdictKind.RANK_DIED
         evidence = {"pid": str(w.pid), "exit_code": str(code), "signal": str(sig)}
         if obs.page is not None:
             evidence["last_step"] = str(obs.page.step)

@@ -56,8 +56,9 @@ class FakeNvml:
     {"gpus": 2, "events": [{"at_s": 1.0, "gpu": 0, "xid": 79},
                            {"at_s": 0.5, "gpu": 1, "set": {"throttle_reasons": 64}},
                            {"at_s": 2.0, "gpu": 0, "hang_s": 10}]}
-    `at_s` counts from the backend's creation; `set` overrides snapshot fields; `hang_s` makes the
-    next snapshot of that GPU block (to exercise probe timeouts)."""
+    `at_s` counts from the backend's creation; an event with `"when_file": PATH` also waits until that
+    file exists (so a test can trigger it); `set` overrides snapshot fields; `hang_s` makes the next
+    snapshot of that GPU block (to exercise probe timeouts)."""
 
     def __init__(self, script: dict[str, Any]) -> None:
         self._t0 = time.monotonic()
@@ -76,8 +77,9 @@ class FakeNvml:
     def _advance(self) -> None:
         elapsed = time.monotonic() - self._t0
         with self._lock:
-            while self._events and float(self._events[0].get("at_s", 0)) <= elapsed:
-                event = self._events.pop(0)
+            due = [e for e in self._events if float(e.get("at_s", 0)) <= elapsed and _triggered(e)]
+            for event in due:
+                self._events.remove(event)
                 gpu = int(event.get("gpu", 0))
                 if "xid" in event:
                     self._xids.append((gpu, int(event["xid"])))
@@ -115,6 +117,11 @@ class FakeNvml:
 
     def close(self) -> None:
         self._closed.set()
+
+
+def _triggered(event: dict[str, Any]) -> bool:
+    path = event.get("when_file")
+    return path is None or Path(path).exists()
 
 
 def make_backend(spec: str) -> HealthBackend:

@@ -15,6 +15,7 @@ Modes:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import queue
@@ -25,7 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Protocol
 
 import psutil
@@ -235,6 +236,8 @@ class Supervisor:
             v.reason,
         )
         self.verdicts.append(v)
+        if self.config.verdict_log:
+            _append_json_line(self.config.verdict_log, v)
         if self.metrics is not None:
             self.metrics.observe_verdict(v)
         client = self._client()
@@ -518,6 +521,13 @@ def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _append_json_line(path: str, v: Verdict) -> None:
+    record = asdict(v)
+    record["kind"] = v.kind.name
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def _remove(path: str) -> None:

@@ -21,6 +21,8 @@ import psutil
 log = logging.getLogger(__name__)
 
 _REAP_TIMEOUT_S = 5.0
+# Return code given to an adopted (sidecar-mode) rank that vanished: not our child, status unknown.
+ADOPTED_GONE = -1000
 
 
 @dataclass(slots=True)
@@ -44,13 +46,13 @@ class Worker:
 
     def poll(self) -> int | None:
         """Exit status once the process is gone (negative: killed by that signal); reaps our children.
-        An adopted process that vanished gets 255: not our child, its status is unknown."""
+        An adopted process that vanished gets ADOPTED_GONE: not our child, its status is unknown."""
         if self.returncode is not None:
             return self.returncode
         if self.popen is not None:
             self.returncode = self.popen.poll()
         elif not _pid_alive(self.pid):
-            self.returncode = 255
+            self.returncode = ADOPTED_GONE
         return self.returncode
 
 
@@ -127,6 +129,8 @@ def _reap(workers: Sequence[Worker]) -> None:
 
 def describe_exit(returncode: int) -> tuple[int, int, str]:
     """(exit_code, signal, words) for a Popen return code."""
+    if returncode == ADOPTED_GONE:
+        return -1, 0, "vanished (exit status unknown: not the agent's child)"
     if returncode < 0:
         sig = -returncode
         try:

@@ -31,6 +31,10 @@ def faults_for(rank: int) -> dict[int, str]:
 
 
 def inject(kind: str) -> None:
+    mark = os.environ.get("KEDGE_TEST_FAULT_MARK")
+    if mark:  # when the fault happened (wall clock ns), for verdict latency measurements
+        with open(f"{mark}.rank{os.environ.get('RANK', '0')}", "w") as f:
+            f.write(str(time.time_ns()))
     if kind == "sigkill":
         os.kill(os.getpid(), signal.SIGKILL)
     elif kind == "sigstop":
@@ -60,6 +64,7 @@ def inject(kind: str) -> None:
 def main() -> int:
     kh.init()
     rank = int(os.environ.get("RANK", "0"))
+    print(f"rank {rank} restore_step={kh.restore_step()}", file=sys.stderr)
     dist.init_process_group("gloo")
     steps = int(os.environ.get("KEDGE_TEST_STEPS", "30"))
     step_s = float(os.environ.get("KEDGE_TEST_STEP_S", "0.05"))
