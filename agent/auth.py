@@ -191,3 +191,65 @@ class CommandVerifier:
                 return f"stale incarnation {incarnation} < {self._newest_incarnation}"
             self._newest_incarnation = incarnation
         return None
+
+
+# -- from the agent's Config -----------------------------------------------------------------------
+@dataclass(slots=True)
+class AgentSecurity:
+    """The agent's security settings, read and checked once at start (bad files fail the start)."""
+
+    tls: TlsFiles | None
+    token: bytes | None
+    socket_group: int | None
+    allow_uids: frozenset[int]
+    allow_gids: frozenset[int]
+
+    def command_key(self) -> bytes | None:
+        return None if self.token is None else derive_command_key(self.token)
+
+
+def security_from_config(
+    *,
+    tls_cert: str,
+    tls_key: str,
+    tls_ca: str,
+    token_file: str,
+    socket_group: str,
+    allow_uids: str,
+    allow_gids: str,
+) -> AgentSecurity:
+    """Builds AgentSecurity from the Config's strings; AuthConfigError names the bad setting."""
+    given = [v for v in (tls_cert, tls_key, tls_ca) if v]
+    if given and len(given) != 3:
+        raise AuthConfigError("--tls-cert, --tls-key and --tls-ca go together")
+    tls = TlsFiles(cert=tls_cert, key=tls_key, ca=tls_ca) if given else None
+    if tls is not None:
+        for path, what in ((tls.cert, "cert"), (tls.key, "key"), (tls.ca, "ca")):
+            _read(path, what)
+    group = _gid(socket_group) if socket_group else None
+    gids = _id_list(allow_gids, "socket_allow_gids")
+    return AgentSecurity(
+        tls=tls,
+        token=read_token(token_file) if token_file else None,
+        socket_group=group,
+        allow_uids=_id_list(allow_uids, "socket_allow_uids"),
+        allow_gids=gids if gids or group is None else frozenset({group}),
+    )
+
+
+def _gid(name: str) -> int:
+    import grp
+
+    if name.isdigit():
+        return int(name)
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise AuthConfigError(f"socket_group: no group named {name!r}") from None
+
+
+def _id_list(text: str, what: str) -> frozenset[int]:
+    try:
+        return frozenset(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise AuthConfigError(f"{what}: expected comma-separated numbers, got {text!r}") from None

@@ -76,6 +76,10 @@ def secure_dir(path: str, group: int | None = None) -> None:
         raise PermissionError(f"socket directory {path} is not a directory")
     if st.st_uid != os.getuid():
         raise PermissionError(f"socket directory {path} belongs to uid {st.st_uid}, not {os.getuid()}")
+    if st.st_mode & (stat.S_IWOTH | stat.S_ISVTX):
+        raise PermissionError(
+            f"socket directory {path} is shared (world-writable or sticky): give the socket its own"
+        )
     if group is not None:
         os.chown(path, -1, group)
     os.chmod(path, 0o750 if group is not None else 0o700)

@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 
 import grpc
-
 from kedge.proto import coordinator_pb2 as pb
 from kedge.proto import coordinator_pb2_grpc as pb_grpc
 

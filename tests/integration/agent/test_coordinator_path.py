@@ -10,12 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+from kedge.proto import common_pb2
+from kedge.proto import coordinator_pb2 as pb
 from kedge_fixtures.agent_runs import agent_command, workload_env
 from kedge_fixtures.fake_coordinator import FakeCoordinator
 from kedge_fixtures.processes import free_port
-
-from kedge.proto import common_pb2
-from kedge.proto import coordinator_pb2 as pb
 
 
 def start(incarnation: int, port: int, restore_step: int) -> pb.Command:

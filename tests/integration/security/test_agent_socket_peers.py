@@ -37,10 +37,10 @@ try:
     s.connect(sys.argv[1])
 except PermissionError:
     print("denied"); sys.exit(0)
-s.sendall(bytes.fromhex(sys.argv[2]))
 try:
+    s.sendall(bytes.fromhex(sys.argv[2]))
     data = s.recv(64)
-except ConnectionResetError:
+except (BrokenPipeError, ConnectionResetError):  # the relay may hang up before or after we speak
     data = b""
 print("answered" if data else "closed")
 """
