@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
 NOT_IMPLEMENTED_EXIT = 2
+# convert: bad input (unknown format, corrupted file, existing output) vs a failure while writing.
+BAD_INPUT_EXIT = 2
+FAILED_EXIT = 1
 
 
 def _not_implemented(what: str) -> None:
@@ -41,11 +45,101 @@ def verify(url: str) -> None:
     _not_implemented("verify")
 
 
-@main.command()
+_CONVERT_HELP = """Convert between kedge, PyTorch DCP, torch.save and safetensors.
+
+\b
+Formats (--from is detected from SRC when absent; --to from DST's suffix,
+.safetensors or .pt/.pth/.bin, else required):
+  kedge        a kedge checkpoint root (any fsspec URL; --step picks the input step)
+  dcp          a torch.distributed.checkpoint directory (.metadata + *.distcp, zstd too)
+  torch        a torch.save file, read with weights_only=True unless --unsafe-pickle
+  safetensors  one file, or a directory / index with model.safetensors.index.json
+
+DCP's .metadata is a pickle: it is read only for DCP input, and only through a restricted
+unpickler that admits DCP's metadata classes and nothing else. Output is written under a
+temporary name, read back and checked, then renamed into place.
+"""
+
+
+@main.command(help=_CONVERT_HELP)
 @click.argument("src")
 @click.argument("dst")
-@click.option("--from", "src_format", default=None)
-@click.option("--to", "dst_format", default=None)
-def convert(src: str, dst: str, src_format: str | None, dst_format: str | None) -> None:
-    """Convert between kedge, PyTorch DCP, torch.save and safetensors."""
-    _not_implemented("convert")
+@click.option("--from", "src_format", default=None, help="Input format: kedge, dcp, torch, safetensors.")
+@click.option("--to", "dst_format", default=None, help="Output format: kedge, dcp, torch, safetensors.")
+@click.option("--select", multiple=True, metavar="GLOB", help="Keep only names matching GLOB (repeatable).")
+@click.option(
+    "--rename", multiple=True, metavar="REGEX=REPL", help="Rename with re.sub (repeatable, in order)."
+)
+@click.option("--dtype", default=None, metavar="bf16|fp16|fp32", help="Cast floating-point tensors.")
+@click.option("--step", type=int, default=None, help="kedge input: step to read (default: latest).")
+@click.option(
+    "--out-step", type=int, default=None, help="kedge output: step to write (default: input's or 0)."
+)
+@click.option("--codec", default="zstd", help="kedge output codec: raw, zstd, bgzstd.")
+@click.option(
+    "--max-shard-size", default=None, metavar="SIZE", help="safetensors directory output (e.g. 5GB)."
+)
+@click.option(
+    "--unsafe-pickle", is_flag=True, help="torch input: allow code in the pickle (trusted files only)."
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan (tensors, sizes, output files); write nothing.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--no-verify", is_flag=True, help="Skip reading back and checking every written chunk.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def convert(src: str, dst: str, **opts: Any) -> None:
+    from kedge.ckpt.convert.base import ConvertError, OutputError
+
+    try:
+        _convert(src, dst, **opts)
+    except OutputError as e:
+        click.echo(f"ckpt convert: {e}", err=True)
+        sys.exit(FAILED_EXIT)
+    except ConvertError as e:
+        click.echo(f"ckpt convert: {e}", err=True)
+        sys.exit(BAD_INPUT_EXIT)
+    except OSError as e:
+        click.echo(f"ckpt convert: {e.filename or dst}: {e.strerror or e}", err=True)
+        sys.exit(FAILED_EXIT)
+
+
+def _convert(src: str, dst: str, **opts: Any) -> None:
+    from kedge.ckpt.convert import formats, pipeline, safetensors_file
+
+    src_format = opts["src_format"] or formats.detect_source(src)
+    formats.check_format(src_format, formats.SOURCE_FORMATS, "--from")
+    dst_format = formats.check_format(
+        opts["dst_format"] or formats.detect_sink(dst), formats.SINK_FORMATS, "--to"
+    )
+    options = pipeline.Options(
+        select=tuple(opts["select"]),
+        renames=tuple(pipeline.parse_rename(r) for r in opts["rename"]),
+        dtype=pipeline.parse_dtype(opts["dtype"]),
+        verify=not opts["no_verify"],
+        progress=not opts["quiet"],
+    )
+    max_shard = opts["max_shard_size"]
+    source = formats.open_source(
+        src_format, src, formats.SourceOptions(step=opts["step"], unsafe_pickle=opts["unsafe_pickle"])
+    )
+    try:
+        plan = pipeline.make_plan(source, options)
+        sink_options = formats.SinkOptions(
+            overwrite=opts["overwrite"],
+            max_shard_bytes=safetensors_file.parse_size(max_shard) if max_shard else None,
+            codec=opts["codec"],
+            step=opts["out_step"] if opts["out_step"] is not None else getattr(source, "step", None),
+        )
+        if opts["dry_run"]:
+            files = formats.open_sink(dst_format, dst, sink_options).plan_files(
+                [e.target for e in plan.tensors]
+            )
+            pipeline.describe_plan(plan, files, sys.stdout)
+            return
+        sink = formats.open_sink(dst_format, dst, sink_options)
+        report = pipeline.convert(source, sink, plan, options, dst)
+    finally:
+        source.close()
+    rate = report.bytes_written / max(report.seconds, 1e-9) / 1e6
+    click.echo(
+        f"{dst}: {report.tensors} tensors, {report.bytes_written} B in {report.seconds:.2f} s ({rate:.0f} MB/s)"
+    )
