@@ -11,7 +11,9 @@ input. `validate_manifest` checks, without I/O, everything a reader later trusts
   non-negative and bounded, so decoding allocates at most `raw_length`, which is bounded;
 - totals: number of tensors and chunks bounded.
 `validate_file_ranges` then checks that every chunk's byte range lies inside its file, asking the
-storage for each distinct file's size once. Limits are generous defaults of `Limits` (a dataclass
+storage for each distinct file's size once. `check_manifest_size` bounds the manifest file itself.
+kedge.ckpt.manifest.Manifest.from_json calls `validate_manifest`; kedge.ckpt.reader.open_manifest
+calls `check_manifest_size` before reading and `validate_file_ranges` after parsing. Limits are generous defaults of `Limits` (a dataclass
 a caller can tighten or, for an exotic trusted checkpoint, widen).
 """
 
@@ -23,6 +25,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from kedge.ckpt.errors import FormatError
+
 KNOWN_CODECS = frozenset({"raw", "zstd", "bgzstd"})
 ITEMSIZE_BYTES: Mapping[str, int] = {
     "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2,
@@ -33,7 +37,7 @@ ITEMSIZE_BYTES: Mapping[str, int] = {
 _FILE_COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=-]*\Z")
 
 
-class UnsafeManifest(ValueError):  # becomes a kedge.ckpt.errors.FormatError once h/format lands
+class UnsafeManifest(FormatError):
     """A manifest field would make a reader allocate without bound, read outside a file or write
     outside its target tensors; the message names the tensor, chunk and field."""
 
@@ -58,6 +62,8 @@ class Limits:
     """Characters of a chunk file path."""
     max_file_components: int = 8
     """Directory depth of a chunk file path."""
+    max_manifest_bytes: int = 1 << 30
+    """Size of the manifest file itself, checked before it is read."""
 
 
 class ChunkLike(Protocol):
@@ -172,19 +178,27 @@ def check_file_name(file: str, where: str, limits: Limits = DEFAULT_LIMITS) -> N
         raise UnsafeManifest(f"{where}: file name {file[:80]!r} is not a plain relative path")
 
 
-def validate_file_ranges(manifest: ManifestLike, file_size: Callable[[str], int]) -> None:
+def check_manifest_size(size_bytes: int, where: str, limits: Limits = DEFAULT_LIMITS) -> None:
+    """Refuses a manifest file too large to read into memory (checked from its size, before reading)."""
+    if size_bytes > limits.max_manifest_bytes:
+        raise UnsafeManifest(f"{where}: manifest of {size_bytes} bytes exceeds {limits.max_manifest_bytes}")
+
+
+def validate_file_ranges(manifest: ManifestLike, file_size: Callable[[str], int | None]) -> None:
     """Checks every chunk's [byte_offset, byte_offset + byte_length) lies inside its file;
-    `file_size(name)` is called once per distinct file (a missing file raises whatever it raises)."""
-    sizes: dict[str, int] = {}
+    `file_size(name)` is called once per distinct file; None (missing file) skips that file's
+    chunks: nothing can be read from it, and the read names the missing file."""
+    sizes: dict[str, int | None] = {}
     for name, tensor in manifest.tensors.items():
         for i, chunk in enumerate(tensor.chunks):
             if chunk.file not in sizes:
                 sizes[chunk.file] = file_size(chunk.file)
+            size = sizes[chunk.file]
             end = chunk.byte_offset + chunk.byte_length
-            if end > sizes[chunk.file]:
+            if size is not None and end > size:
                 raise UnsafeManifest(
                     f"tensor {name[:80]!r} chunk {i}: bytes {chunk.byte_offset}..{end} outside "
-                    f"file {chunk.file!r} of {sizes[chunk.file]} bytes"
+                    f"file {chunk.file!r} of {size} bytes"
                 )
 
 

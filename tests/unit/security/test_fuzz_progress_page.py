@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kedge.agent import progress_reader as pr
 
-pytestmark = pytest.mark.timeout(60)
 FUZZ_EXAMPLES = int(os.environ.get("KEDGE_FUZZ_EXAMPLES", "200"))
+pytestmark = pytest.mark.timeout(max(60, FUZZ_EXAMPLES // 10))
 _FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
