@@ -95,11 +95,14 @@ def test_regression_deeply_nested_json_is_a_format_error() -> None:
         Manifest.from_json(b'{"values": ' + b'{"a": ' * 100_000 + b"1" + b"}" * 100_000 + b"}")
 
 
+def _containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    # a named function: hypothesis's check of a lambda's source misreads this one and warns
+    return st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+
+
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
-    ),
+    _containers,
     max_leaves=20,
 )
 
