@@ -88,7 +88,7 @@ def test_oversized_manifest_is_refused_from_its_size(
 
 
 def test_regression_deeply_nested_json_is_a_format_error() -> None:
-    # Found while fuzzing: json.loads raises RecursionError (not ValueError) on deep nesting.
+    # Found by review, not by the fuzzers: json.loads raises RecursionError (not ValueError) on deep nesting.
     with pytest.raises(FormatError, match="nested too deeply"):
         Manifest.from_json(b"[" * 200_000)
     with pytest.raises(FormatError, match="nested too deeply"):
