@@ -180,8 +180,9 @@ class Supervisor:
         self.server.stop()
         if self.metrics is not None:
             self.metrics.stop()
-        for w in self.workers.values():
-            _remove(w.page_path)
+        if self.command is not None:  # launcher mode owns its ranks' pages; a sidecar does not
+            for w in self.workers.values():
+                _remove(w.page_path)
 
     def _client(self) -> CoordinatorClientLike | None:
         return self.coordinator
@@ -296,6 +297,8 @@ class Supervisor:
     def _start_workers(self, spec: StartWorkers, incarnation: int) -> None:
         assert self.command is not None
         self.incarnation = incarnation
+        for old in self.workers.values():
+            _remove(old.page_path)
         self.workers = {}
         for ws in spec.workers:
             page = os.path.join(self.run_dir, f"inc{incarnation}-rank{ws.rank}.page")

@@ -42,6 +42,8 @@ from kedge.coordinator.store import Store
 log = logging.getLogger(__name__)
 
 RANK_VERDICTS = frozenset({VerdictKind.RANK_DIED, VerdictKind.RANK_FROZEN, VerdictKind.RANK_EXITED_OK})
+STOPPED_STATES = ("stopped", "tracing-stop")
+"""Process states that make an agent's frozen verdict certain on its own (SIGSTOP, ptrace)."""
 SEEN_VERDICTS = 4096
 """Agent verdict identities remembered for de-duplication (agents resend after a broken stream)."""
 
@@ -232,6 +234,15 @@ class CoordinatorCore:
             return
         v.wall_time_ns = v.wall_time_ns or self.clock.wall_ns()
         v.incarnation = rt.job.incarnation
+        if v.kind is VerdictKind.RANK_FROZEN and v.evidence.get("proc_status") not in STOPPED_STATES:
+            # From one node a rank waiting for a frozen peer looks frozen too: the culprit is the
+            # rank that alignment across every node puts behind.
+            named = rt.diagnoser.arbitrate(self.clock.mono_s(), v.wall_time_ns)
+            for n in named:
+                n.evidence["agent_verdict"] = v.reason
+            if named or rt.diagnoser.hang_culprit_named():
+                self._add_verdicts(rt, named)
+                return
         self._add_verdicts(rt, [v])
 
     def command_done(self, outcome: CommandOutcome) -> None:
@@ -342,8 +353,9 @@ class CoordinatorCore:
         if slow and rt.probe is None:
             peers = rt.world_nodes()
             ex = self.config.executor
+            address = rt.nodes[peers[0]].address or "127.0.0.1"
             body = RunProbeBody(
-                peers=peers, master_addr=rt.nodes[peers[0]].address, master_port=ex.master_port
+                peers=peers, master_addr=address, master_port=ex.master_port or executor.free_port()
             )
             ids = {}
             for node in peers:

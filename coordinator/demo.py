@@ -89,6 +89,12 @@ def _story(cluster: LocalCluster, marks: list[Mark], echo: Any) -> None:
     cluster.wait_for(lambda: _start_after(cluster, marks[-1].wall_s, world=2), 120, "shrunk world of 2")
     cluster.wait_for(lambda: cluster.last_step() >= DEMO_STEPS, 120, f"training to step {DEMO_STEPS}")
     marks.append(Mark(time.time(), "done", f"step {DEMO_STEPS} reached on world 2"))
+    cluster.wait_for(lambda: _finished(cluster), 30, "every rank to exit 0")
+
+
+def _finished(cluster: LocalCluster) -> bool:
+    status = cluster.status()
+    return status is not None and status.job.state.value == "finished"
 
 
 def _start_after(cluster: LocalCluster, since_s: float, world: int) -> dict[str, Any] | None:

@@ -53,6 +53,8 @@ class ClusterSpec:
     nodes: tuple[str, ...] = ("node-a", "node-b")
     nproc_per_node: int = 2
     train_args: list[str] = field(default_factory=list)
+    workload: list[str] = field(default_factory=lambda: [sys.executable, "-m", "kedge.hooks.demo_train"])
+    """The training command (it must accept --ckpt URL and --log PATH)."""
     env: dict[str, str] = field(default_factory=dict)
     node_env: dict[str, dict[str, str]] = field(default_factory=dict)
     config: Config = field(default_factory=Config)
@@ -107,9 +109,7 @@ class LocalCluster:
             "--run-dir",
             str(self.spec.workdir / f"run-{node}"),
             "--",
-            sys.executable,
-            "-m",
-            "kedge.hooks.demo_train",
+            *self.spec.workload,
             "--ckpt",
             self.ckpt_url,
             "--log",
@@ -208,14 +208,20 @@ class LocalCluster:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             value = probe()
-            self._remember()
             if value:
                 return value
-            for node, proc in self.agents.items():
-                if proc.poll() is not None and node not in self._expected_dead:
-                    raise RuntimeError(f"agent of {node} exited {proc.returncode} while waiting for {what}")
+            self.check(what)
             time.sleep(0.1)
         raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+    def check(self, what: str = "") -> None:
+        """Raises RuntimeError if an agent we did not kill exited; remembers new worker pids."""
+        self._remember()
+        for node, proc in self.agents.items():
+            if proc.poll() is not None and node not in self._expected_dead:
+                raise RuntimeError(
+                    f"agent of {node} exited {proc.returncode} while waiting for {what or 'the job'}"
+                )
 
     @property
     def _expected_dead(self) -> set[str]:

@@ -141,4 +141,5 @@ class AgentClient:
             self._batches.put_nowait(None)
         self._channel.close()
         for thread in self._threads:
-            thread.join(timeout=timeout_s)
+            if thread is not threading.current_thread():  # close() may run on the control thread
+                thread.join(timeout=timeout_s)

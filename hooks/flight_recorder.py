@@ -89,6 +89,12 @@ class FlightRecorderPoller:
         self.dump_s = time.perf_counter() - t0
         return data if isinstance(data, dict) else {}
 
+    def dump_json(self) -> str:
+        """The whole recorder (entries and status) as torch's JSON, for a post-mortem file."""
+        if self._dump is None:
+            return "{}"
+        return self._dump(True, False)
+
     def status(self) -> list[GroupStatus]:
         pg_status = self._load(False).get("pg_status", {})
         return [

@@ -200,10 +200,21 @@ class Runtime:
         log.warning("agent_control kind=%s reason=%s rank=%d", kind, reason, self.config.rank)
         if kind == "CONTROL_KIND_CHECKPOINT":
             self.checkpoint_requested.set()
+        elif kind == "CONTROL_KIND_DUMP_TRACE":
+            self._dump_trace()
         elif kind == "CONTROL_KIND_ABORT":
             _abort_process_groups()
             self.close(clean=False)
             signal.raise_signal(signal.SIGTERM)
+
+    def _dump_trace(self) -> None:
+        """Writes the full Flight Recorder dump next to the page (runs on the control thread)."""
+        if not self.config.progress_page:
+            return
+        path = f"{self.config.progress_page}.trace.json"
+        with open(path, "w") as f:
+            f.write(self._recorder.dump_json())
+        log.warning("flight_recorder_dumped path=%s", path)
 
     def close(self, *, clean: bool = True) -> None:
         self._stop.set()

@@ -218,3 +218,30 @@ def test_enqueue_times_of_unrelated_clocks_are_not_used() -> None:
     ]
     job.d.observe_collectives(samples)
     assert len(job.d._last_arrivals) == before
+
+
+def test_desync_names_the_rank_whose_op_differs() -> None:
+    job = FakeJob()
+    job.run_steps(30)
+    for r in range(WORLD):
+        job.seq[r] += 1  # every rank enqueued #k, none completed it...
+        op = "allgather" if r == 1 else "allreduce"  # ...but rank 1 skipped one collective
+        job.d.observe_collectives(
+            [CollectiveSample(rank=r, group="default", seq=job.seq[r], op=op, duration_s=-1.0, enqueue_ns=0)]
+        )
+    found = job.stall(12.0)
+    assert [(v.kind, v.rank) for v in found] == [(VerdictKind.HANG_NON_COMM, 1)]
+    assert "desynchronised" in found[0].reason
+
+
+def test_arbitrate_names_the_rank_behind_at_once() -> None:
+    job = FakeJob()
+    job.run_steps(30)
+    for r in (0, 1, 2):
+        job.seq[r] += 1
+    job.now += 0.5
+    job.d.observe_ranks(job.now, job.snapshots())
+    named = job.d.arbitrate(job.now)
+    assert [(v.kind, v.rank) for v in named] == [(VerdictKind.HANG_NON_COMM, 3)]
+    assert job.d.hang_culprit_named() and job.d.arbitrate(job.now) == []
+    assert [v for v in job.stall(12.0) if v.rank == 3] == []  # not reported twice
