@@ -44,6 +44,8 @@ class Config:
     """Bounded grace between SIGTERM and SIGKILL when stopping ranks."""
     frozen_margin_s: float = 3.0
     """Progress may be stale this long beyond the rank's p90 step period before a frozen verdict."""
+    exit_grace_s: float = 10.0
+    """A rank whose page says it is exiting may stay without progress this long before a frozen verdict."""
     stopped_persist_s: float = 0.5
     """A rank must stay in state T (stopped) this long to be called frozen."""
     nvml: str = "auto"

@@ -6,7 +6,8 @@ Rules (docs/PROGRESS.md explains the page's clocks):
 - frozen: (a) the process stays in state T (stopped/traced) for `stopped_persist_s`; or (b) after its
   first step boundary, the rank's *progress* (step marks and collective sequence changes) is stale for
   longer than an adaptive threshold: the p90 of its own recent step durations plus `frozen_margin_s`.
-  The threshold adapts to slow steps; a single long pause (GC, checkpoint, eval) shorter than the
+  A rank whose page says it is exiting (atexit ran) gets `exit_grace_s` instead: a process tearing
+  down after an exception is not frozen until its teardown hangs. The threshold adapts to slow steps; a single long pause (GC, checkpoint, eval) shorter than the
   margin never triggers it. A rank that is waiting inside a collective which another local rank has
   not enqueued yet is not called frozen: the one that is behind is the culprit. Heartbeat freshness
   is evidence (GIL held / stopped vs blocked outside Python), not a rule of its own.
@@ -67,8 +68,11 @@ class Observation:
 class Detector:
     """Turns observations into verdicts; remembers per-rank state so each fault is reported once."""
 
-    def __init__(self, *, node_id: str, frozen_margin_s: float, stopped_persist_s: float) -> None:
+    def __init__(
+        self, *, node_id: str, frozen_margin_s: float, stopped_persist_s: float, exit_grace_s: float = 10.0
+    ) -> None:
         self.node_id = node_id
+        self.exit_grace_s = exit_grace_s
         self.frozen_margin_s = frozen_margin_s
         self.stopped_persist_s = stopped_persist_s
         self.tracks: dict[tuple[int, int], RankTrack] = {}
@@ -153,6 +157,8 @@ class Detector:
             return None  # before the first full step only death and state T count (startup is long)
         stale_s = (now_ns - page.progress_mono_ns) / _NS
         threshold_s = track.threshold_s(self.frozen_margin_s)
+        if page.exiting:  # tearing down (atexit ran): give it the exit grace, then call it hung
+            threshold_s = max(threshold_s, self.exit_grace_s)
         if stale_s <= threshold_s or _waits_on_local_peer(page, all_obs):
             return None
         w = obs.worker
@@ -163,6 +169,8 @@ class Detector:
             else "no Python thread runs (heartbeat stale: GIL held in C, stopped or in the kernel)"
         )
         where = _collective_words(page)
+        if page.exiting:
+            return f"rank {w.rank} (pid {w.pid}) frozen: hung while exiting for {stale_s:.1f}s{where}"
         return (
             f"rank {w.rank} (pid {w.pid}) frozen: no progress for {stale_s:.1f}s "
             f"(threshold {threshold_s:.1f}s) at step {page.step}, {how}{where}"

@@ -18,6 +18,7 @@ GROUP_SIZE_BYTES = 96
 MAX_GROUPS = 16
 PAGE_SIZE_BYTES = HEADER_SIZE_BYTES + MAX_GROUPS * GROUP_SIZE_BYTES
 FLAG_CLOSED = 1
+FLAG_EXITING = 2
 
 _HEADER = struct.Struct("<8sII4i7qQ")  # magic .. flags, offsets 0..95
 _GROUP = struct.Struct("<32s6q")
@@ -57,6 +58,7 @@ class PageSnapshot:
     progress_mono_ns: int
     created_mono_ns: int
     closed: bool
+    exiting: bool
     groups: tuple[GroupSnapshot, ...] = field(default=())
 
 
@@ -90,6 +92,7 @@ def parse_page(data: bytes) -> PageSnapshot:
         progress_mono_ns=progress_ns,
         created_mono_ns=created_ns,
         closed=bool(fields[14] & FLAG_CLOSED),
+        exiting=bool(fields[14] & FLAG_EXITING),
         groups=groups,
     )
 

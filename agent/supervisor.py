@@ -90,6 +90,7 @@ class Supervisor:
             node_id=config.node_id,
             frozen_margin_s=config.frozen_margin_s,
             stopped_persist_s=config.stopped_persist_s,
+            exit_grace_s=config.exit_grace_s,
         )
         self.verdicts: deque[Verdict] = deque(maxlen=1024)
         self.commands: queue.Queue[Command] = queue.Queue(maxsize=COMMAND_QUEUE_SIZE)

@@ -23,6 +23,7 @@ MAX_GROUPS = 16
 PAGE_SIZE_BYTES = HEADER_SIZE_BYTES + MAX_GROUPS * GROUP_SIZE_BYTES
 GROUP_NAME_BYTES = 32
 FLAG_CLOSED = 1
+FLAG_EXITING = 2
 
 # Header field offsets (see docs/PROGRESS.md).
 OFF_MAGIC = 0
@@ -135,10 +136,17 @@ class ProgressPage:
         _U32.pack_into(self._map, OFF_N_GROUPS, index + 1)
         return slot
 
+    def mark_exiting(self) -> None:
+        """The process is shutting down (atexit or kh.shutdown()): teardown, not training, from here."""
+        if not self._map.closed:
+            flags = _U64.unpack_from(self._map, OFF_FLAGS)[0]
+            _U64.pack_into(self._map, OFF_FLAGS, flags | FLAG_EXITING)
+
     def close(self, *, clean: bool = True) -> None:
         """Marks the page closed (a clean exit) and unmaps it; the file stays for the agent to read."""
         if self._map.closed:
             return
         if clean:
-            _U64.pack_into(self._map, OFF_FLAGS, FLAG_CLOSED)
+            flags = _U64.unpack_from(self._map, OFF_FLAGS)[0]
+            _U64.pack_into(self._map, OFF_FLAGS, flags | FLAG_CLOSED)
         self._map.close()

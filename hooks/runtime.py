@@ -217,6 +217,8 @@ class Runtime:
         log.warning("flight_recorder_dumped path=%s", path)
 
     def close(self, *, clean: bool = True) -> None:
+        if self._page is not None:
+            self._page.mark_exiting()
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=2.0)

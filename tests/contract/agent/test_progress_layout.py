@@ -62,9 +62,12 @@ def test_written_fields_read_back(tmp_path: Path) -> None:
         and snap.groups[0].enqueued_mono_ns == 3_000
         and snap.groups[0].completed_mono_ns == 5_000
     )
+    page.mark_exiting()
+    snap = reader.read_page(tmp_path / "p.page")
+    assert snap is not None and snap.exiting and not snap.closed
     page.close()
     snap = reader.read_page(tmp_path / "p.page")
-    assert snap is not None and snap.closed
+    assert snap is not None and snap.closed and snap.exiting
 
 
 @pytest.mark.timeout(10)

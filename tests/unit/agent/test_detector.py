@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 
 import pytest
@@ -41,6 +42,7 @@ def page(
         progress_mono_ns=progress_ns,
         created_mono_ns=0,
         closed=False,
+        exiting=False,
         groups=(group,),
     )
 
@@ -128,3 +130,13 @@ def test_gpu_faults_and_throttling() -> None:
     assert d.observe_gpus([GpuHealth(index=0, throttle_reasons=0x1)], {}) == []  # idle bit only
     (r,) = d.observe_gpus([GpuHealth(index=2, recovery_action=2)], {})
     assert "recovery action 2" in r.reason
+
+
+@pytest.mark.timeout(10)
+def test_exiting_rank_gets_the_exit_grace() -> None:
+    d, w = detector(), worker(0)
+    t = run_steps(d, w, 0.1, 20)
+    tearing_down = dataclasses.replace(page(0, 19, t), exiting=True)
+    assert d.observe_ranks([Observation(w, tearing_down, "sleeping", None)], t + 5 * S) == []
+    (v,) = d.observe_ranks([Observation(w, tearing_down, "sleeping", None)], t + 11 * S)
+    assert "hung while exiting" in v.reason
