@@ -27,7 +27,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import IO, Any, TypeVar
 
 import fsspec
@@ -190,6 +190,10 @@ class Storage:
             except FileNotFoundError:
                 return
         if not self.local:
+            # stores with real directories (SeaweedFS) keep an empty "dir/" entry that would still be
+            # listed; deleting that key removes it, and is a no-op on plain object stores
+            with self._errors("remove", relpath), suppress(FileNotFoundError):
+                self.fs.rm_file(path + "/")
             self.fs.invalidate_cache()
 
     def remove(self, relpath: str) -> None:

@@ -23,8 +23,10 @@ from __future__ import annotations
 import ctypes
 import math
 import mmap
+import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -96,6 +98,9 @@ class Chunk:
     offsets: tuple[int, ...]
     sizes: tuple[int, ...]
     tensor: torch.Tensor
+    file_range: tuple[str, int] | None = None
+    """(path, byte offset) when the tensor's bytes lie as they are in a local file: a sink may copy
+    them in the kernel (copy_file_range) instead of through memory."""
 
 
 class TensorSource(Protocol):
@@ -179,6 +184,32 @@ def drop_pages(tensor: torch.Tensor) -> None:
         _LIBC.madvise(start, end - start, _MADV_DONTNEED)  # best effort: a failure only costs memory
 
 
+def _crc32c_library() -> Any:
+    """google-crc32c's shared library, called through ctypes: it hashes a tensor in place (the
+    Python binding accepts only bytes, a copy) at hardware speed, without the GIL."""
+    try:
+        import google_crc32c
+
+        libs = Path(google_crc32c.__file__).parent.with_name("google_crc32c.libs")
+        lib = ctypes.CDLL(str(next(libs.glob("libcrc32c*.so*"))))
+        lib.crc32c_extend.argtypes = [ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t]
+        lib.crc32c_extend.restype = ctypes.c_uint32
+        return lib.crc32c_extend
+    except (ImportError, StopIteration, OSError, AttributeError):
+        return None
+
+
+_CRC32C_EXTEND = _crc32c_library()
+
+
+def checksum(tensor: torch.Tensor) -> int:
+    """A checksum of a contiguous CPU tensor's bytes (CRC32C, or zlib's CRC32 without the library)."""
+    nbytes = tensor.numel() * tensor.element_size()
+    if _CRC32C_EXTEND is not None and nbytes:
+        return int(_CRC32C_EXTEND(0, tensor.data_ptr(), nbytes))
+    return zlib.crc32(tensor_bytes(tensor))
+
+
 def empty_tensor(dtype: str, shape: tuple[int, ...]) -> torch.Tensor:
     import torch
 
@@ -189,11 +220,11 @@ def whole_chunk(tensor: torch.Tensor) -> Chunk:
     return Chunk(offsets=(0,) * tensor.dim(), sizes=tuple(tensor.shape), tensor=tensor)
 
 
-def assemble(meta: TensorMeta, chunks: Iterator[Chunk]) -> torch.Tensor:
-    """Joins a tensor's chunks into one tensor; refuses gaps (a chunk missing from the source)."""
+def assemble(meta: TensorMeta, chunks: Iterator[Chunk]) -> Chunk:
+    """Joins a tensor's chunks into one; refuses gaps (a chunk missing from the source)."""
     first = next(chunks, None)
     if first is not None and first.sizes == meta.shape:
-        return first.tensor
+        return first
     out = empty_tensor(meta.dtype, meta.shape)
     covered = 0
     for chunk in [first, *chunks] if first is not None else []:
@@ -202,4 +233,4 @@ def assemble(meta: TensorMeta, chunks: Iterator[Chunk]) -> torch.Tensor:
         covered += math.prod(chunk.sizes)
     if covered != meta.numel:
         raise ConvertError(f"tensor {meta.name}: chunks cover {covered} of {meta.numel} elements")
-    return out
+    return whole_chunk(out)

@@ -201,6 +201,8 @@ class DcpSource:
             if item.zstd:
                 stream = _decompress(stream)
             return torch.load(stream, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise ConvertError(f"{file}: {what!r} needs code to load (only weights_only data is read)") from e
         except Exception as e:  # torch.load raises many types on damaged bytes
             raise ConvertError(f"{file}: corrupted data for {what!r} ({str(e).splitlines()[0][:160]})") from e
 

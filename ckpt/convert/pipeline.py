@@ -1,7 +1,7 @@
 """Moves tensors from a source to a sink one chunk at a time: select, rename, cast, verify, commit.
 
-Verification (on unless `--no-verify`): the CRC32 of every chunk's bytes is recorded as it is
-written (zlib's, because it hashes a memoryview in place and releases the GIL); after `sink.end()` the staged output is opened with the same format's reader and every
+Verification (on unless `--no-verify`): the checksum (CRC32C) of every chunk's bytes is recorded
+as it is written, on a second thread; after `sink.end()` the staged output is opened with the same format's reader and every
 chunk is read back and compared (names, dtypes, shapes, bytes). Only then is the output committed
 (made visible); on any failure the sink removes everything it wrote.
 """
@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import logging
 import math
 import re
 import sys
 import time
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from kedge.ckpt.convert.base import (
@@ -29,12 +29,13 @@ from kedge.ckpt.convert.base import (
     TensorSink,
     TensorSource,
     assemble,
+    checksum,
     describe_os_error,
-    tensor_bytes,
     torch_dtype,
-    whole_chunk,
 )
 from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
 
 DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
@@ -50,7 +51,7 @@ class Options:
     dtype: str | None = None
     """Cast floating-point tensors to this dtype (torch name); integer tensors are left alone."""
     verify: bool = True
-    """Read back every written chunk and compare its CRC32 before committing."""
+    """Read back every written chunk and compare its checksum before committing."""
     progress: bool = True
     """Show a progress bar (bytes and rate) on stderr."""
 
@@ -65,7 +66,6 @@ class PlanEntry:
 class Plan:
     tensors: list[PlanEntry]
     values: dict[str, Any]
-    dropped: list[str] = field(default_factory=list)
 
     @property
     def total_bytes(self) -> int:
@@ -153,7 +153,7 @@ def _chunks(source: TensorSource, entry: PlanEntry, whole: bool) -> Iterator[Chu
     if not whole:
         yield from chunks
         return
-    yield whole_chunk(assemble(entry.source, chunks))
+    yield assemble(entry.source, chunks)
     # Closed only now, after the sink wrote the tensor: a source may release the data on close
     # (the torch.save reader drops the memory-mapped pages).
     close = getattr(chunks, "close", None)
@@ -167,7 +167,8 @@ def _writing(target: str) -> Iterator[None]:
         yield
     except ConvertError:
         raise
-    except (OSError, RuntimeError) as e:
+    except Exception as e:  # any sink failure (OSError, torch's RuntimeError, StorageError) is one line
+        logger.debug("event=convert_write_failed target=%s", target, exc_info=True)
         raise OutputError(f"{target}: writing failed: {describe_os_error(e)}") from e
 
 
@@ -179,9 +180,9 @@ def _move(
     crc_pool: ThreadPoolExecutor,
     target: str,
 ) -> None:
-    """Writes one chunk, hashing it on a second thread meanwhile (zlib releases the GIL)."""
+    """Writes one chunk, hashing it on a second thread meanwhile (the hash runs without the GIL)."""
     chunk = _cast(chunk, target_meta)
-    crc = crc_pool.submit(zlib.crc32, tensor_bytes(chunk.tensor)) if crcs is not None else None
+    crc = crc_pool.submit(checksum, chunk.tensor) if crcs is not None else None
     with _writing(target):
         sink.write(target_meta, chunk)
     if crc is not None and crcs is not None:
@@ -234,9 +235,9 @@ def _verify(
         seen = 0
         for meta in expected.values():
             for chunk in staged.read(meta):
-                if crcs.get((meta.name, chunk.offsets)) != zlib.crc32(tensor_bytes(chunk.tensor)):
+                if crcs.get((meta.name, chunk.offsets)) != checksum(chunk.tensor):
                     raise ConvertError(
-                        f"read-back of tensor {meta.name!r} at {chunk.offsets} differs (CRC32)"
+                        f"read-back of tensor {meta.name!r} at {chunk.offsets} differs (checksum)"
                     )
                 seen += 1
                 bar.update(chunk.tensor.numel() * chunk.tensor.element_size())

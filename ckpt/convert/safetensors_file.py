@@ -8,6 +8,7 @@ writing emits the header (computed from the metadata alone) and then each tensor
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
@@ -174,7 +175,7 @@ class SafetensorsSource:
             # Memory-mapped: no copy into a fresh buffer; the pages are dropped after the write.
             tensor = self._mapped_tensor(file, offset, meta)
             try:
-                yield whole_chunk(tensor)
+                yield Chunk((0,) * len(meta.shape), meta.shape, tensor, file_range=(str(file), offset))
             finally:
                 drop_pages(tensor)
             return
@@ -293,11 +294,38 @@ class SafetensorsSink:
         path = self._file_of[meta.name]
         if path != self._current:
             self._close_handle()
-            self._handle = path.open("ab")
+            self._handle = path.open("r+b")  # not "ab": copy_file_range refuses O_APPEND
+            self._handle.seek(0, os.SEEK_END)
             self._current = path
         assert self._handle is not None
         assert chunk.sizes == meta.shape and math.prod(chunk.sizes) == meta.numel
-        self._handle.write(tensor_bytes(chunk.tensor))
+        if chunk.file_range is not None and meta.nbytes:
+            self._copy_range(chunk.file_range, meta.nbytes)
+        else:
+            self._handle.write(tensor_bytes(chunk.tensor))
+
+    def _copy_range(self, file_range: tuple[str, int], nbytes: int) -> None:
+        """In-kernel copy (as cp does): no page of the tensor passes through this process."""
+        assert self._handle is not None
+        self._handle.flush()
+        path, offset = file_range
+        with open(path, "rb") as src:
+            done = 0
+            while done < nbytes:
+                try:
+                    copied = os.copy_file_range(
+                        src.fileno(), self._handle.fileno(), nbytes - done, offset + done
+                    )
+                except OSError as e:
+                    if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL) or done:
+                        raise
+                    copied = 0
+                if copied == 0:  # not supported here (or source shorter): plain copy of the rest
+                    src.seek(offset + done)
+                    self._handle.write(src.read(nbytes - done))
+                    self._handle.flush()
+                    return
+                done += copied
 
     def _close_handle(self) -> None:
         if self._handle is not None:

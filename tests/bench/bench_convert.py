@@ -5,7 +5,9 @@ Run:  .venv/bin/python tests/bench/bench_convert.py [--total-mb 1024] [--runs 3]
 Each conversion runs as its own `ckpt convert` process (what a user runs), median of --runs.
 "wall s" is start to exit (includes the interpreter and torch import, seconds on a loaded
 machine); "convert s" is the time the command itself reports for moving, verifying and committing
-the data; "ratio" is convert s / cp s. The baseline is `cp -r` of the input in the same run. Peak RSS
+the data; "ratio" is convert s / cp s. The baseline is `cp -r` of the input in the same run; convert
+fsyncs its output before renaming it into place (durability), so "cp+fsync" (cp, then fsync of every
+copied file) is shown too, for a like-for-like comparison. Peak RSS
 is the child's ru_maxrss from wait4; the table also shows it minus the RSS of a process that only
 imports torch and kedge.ckpt.convert (the interpreter's own floor), next to the largest tensor.
 Goals (issue 5): within 2x of cp; peak RSS under 2x the largest tensor.
@@ -93,6 +95,16 @@ def floor_rss() -> int:
     return run_child([sys.executable, "-c", code])[1]
 
 
+def fsync_tree(path: Path) -> None:
+    """What convert does before its rename: every output file flushed to disk."""
+    for file in [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]:
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path)
@@ -101,7 +113,7 @@ def remove(path: Path) -> None:
 
 
 def bench(name: str, src: Path, dst: Path, args: list[str], runs: int) -> dict[str, float]:
-    wall, inner, cp, rss = [], [], [], []
+    wall, inner, cp, cp_sync, rss = [], [], [], [], []
     for _ in range(runs):
         remove(dst)
         wall_s, peak, out = run_child([*CKPT, "convert", "-q", str(src), str(dst), *args])
@@ -109,12 +121,17 @@ def bench(name: str, src: Path, dst: Path, args: list[str], runs: int) -> dict[s
         inner.append(float(re.search(r" in ([0-9.]+) s", out).group(1)))  # type: ignore[union-attr]
         rss.append(peak)
         remove(dst)
-        cp.append(run_child(["cp", "-r", str(src), str(dst)])[0])
+        cp_s = run_child(["cp", "-r", str(src), str(dst)])[0]
+        cp.append(cp_s)
+        started = time.perf_counter()
+        fsync_tree(dst)
+        cp_sync.append(cp_s + time.perf_counter() - started)
         remove(dst)
     return {
         "wall_s": statistics.median(wall),
         "convert_s": statistics.median(inner),
         "cp_s": statistics.median(cp),
+        "cp_sync_s": statistics.median(cp_sync),
         "rss": max(rss),
     }
 
@@ -168,7 +185,7 @@ def main() -> None:
         print(f"machine: {machine()}")
         print(f"checkpoint: {opts.total_mb} MiB bf16, largest tensor {opts.largest_mb} MiB; "
               f"median of {opts.runs} runs; import-only RSS floor {floor / 2**20:.0f} MiB")  # fmt: skip
-        header = f"{'conversion':40} {'wall s':>7} {'convert s':>9} {'cp s':>6} {'ratio':>6} {'MB/s':>6} {'peak RSS MiB':>12} {'RSS-floor':>9} {'/largest':>8}"  # fmt: skip
+        header = f"{'conversion':40} {'wall s':>7} {'convert s':>9} {'cp s':>6} {'ratio':>6} {'cp+fsync s':>10} {'ratio':>6} {'MB/s':>6} {'peak RSS MiB':>12} {'RSS-floor':>9} {'/largest':>8}"  # fmt: skip
         print(header)
         for name, src, dst, args in CASES:
             if (opts.only and opts.only not in name) or (opts.skip_kedge and "kedge" in name):
@@ -176,6 +193,7 @@ def main() -> None:
             r = bench(name, paths[src], root / dst, args, opts.runs)
             over = max(r["rss"] - floor, 0)
             print(f"{name:40} {r['wall_s']:7.2f} {r['convert_s']:9.2f} {r['cp_s']:6.2f} {r['convert_s'] / r['cp_s']:6.2f} "
+                  f"{r['cp_sync_s']:10.2f} {r['convert_s'] / r['cp_sync_s']:6.2f} "
                   f"{(opts.total_mb << 20) / r['convert_s'] / 1e6:6.0f} {r['rss'] / 2**20:12.0f} "
                   f"{over / 2**20:9.0f} {over / (opts.largest_mb << 20):8.2f}", flush=True)  # fmt: skip
 

@@ -1,8 +1,8 @@
 """One rank of a gloo job that saves or loads a sharded checkpoint (run as a script by the tests).
 
 usage: dcp_worker.py MODE DIR  with RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT in the environment.
-MODE: dcp-save (DCP with DTensor shards), dcp-load (dcp.load into other placements, then compare),
-kedge-load (kedge.ckpt.load into DTensors, then compare). Exits 0 only if every tensor is equal.
+MODE: dcp-save / kedge-save (DCP or kedge with DTensor shards), dcp-load / kedge-load (load into
+other placements, then compare). Exits 0 only if every tensor is equal.
 """
 
 from __future__ import annotations
@@ -58,6 +58,10 @@ def main() -> None:
             state = placed(mesh, full, 1, zero=True)
             dcp.load(state, checkpoint_id=directory)
             check(state, full)
+        elif mode == "kedge-save":
+            import kedge.ckpt as kc
+
+            kc.save(directory, placed(mesh, full, 0, zero=False), step=3)
         elif mode == "kedge-load":
             import kedge.ckpt as kc
 

@@ -1,4 +1,4 @@
-"""Real producers at several world sizes: DCP saved by a 2-rank gloo job with DTensor shards."""
+"""Real producers at several world sizes: DCP and kedge saved by 2-rank gloo jobs with DTensor shards."""
 
 from __future__ import annotations
 
@@ -75,14 +75,31 @@ def test_dcp_world2_to_safetensors_is_the_full_state(dcp_world2: Path, tmp_path:
         assert out[name].dtype == tensor.dtype and torch.equal(out[name], tensor), name
 
 
-def test_dcp_to_dcp_loads_at_world_1_and_2(dcp_world2: Path, tmp_path: Path) -> None:
-    convert(dcp_world2, tmp_path / "again", "--to", "dcp")
-    run_ranks("dcp-load", tmp_path / "again", 2)
+def load_dcp_in_one_process(directory: Path) -> None:
+    """dcp.load at world 1 (no process group), compared with the full state."""
+    import torch.distributed.checkpoint as dcp
+
     target = {name: torch.zeros_like(t) for name, t in full_state().items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # no process group: DCP says it loads as one
-        import torch.distributed.checkpoint as dcp
-
-        dcp.load(target, checkpoint_id=tmp_path / "again", no_dist=True)
+        dcp.load(target, checkpoint_id=directory, no_dist=True)
     for name, tensor in full_state().items():
-        assert torch.equal(target[name], tensor), name
+        assert target[name].dtype == tensor.dtype and torch.equal(target[name], tensor), name
+
+
+def test_dcp_to_dcp_loads_at_world_1_and_2(dcp_world2: Path, tmp_path: Path) -> None:
+    convert(dcp_world2, tmp_path / "again", "--to", "dcp")
+    run_ranks("dcp-load", tmp_path / "again", 2)
+    load_dcp_in_one_process(tmp_path / "again")
+
+
+def test_dcp_world2_to_kedge_loads_at_world_3(dcp_world2: Path, tmp_path: Path) -> None:
+    convert(dcp_world2, tmp_path / "kedge", "--to", "kedge")
+    run_ranks("kedge-load", tmp_path / "kedge", 3)
+
+
+def test_kedge_world2_to_dcp_loads_at_world_1_and_2(tmp_path: Path) -> None:
+    run_ranks("kedge-save", tmp_path / "kedge", 2)
+    convert(tmp_path / "kedge", tmp_path / "dcp", "--to", "dcp")
+    run_ranks("dcp-load", tmp_path / "dcp", 2)
+    load_dcp_in_one_process(tmp_path / "dcp")

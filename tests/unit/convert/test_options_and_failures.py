@@ -84,7 +84,7 @@ def _limit_file_size() -> None:
 
 
 @pytest.mark.parametrize(
-    ("target", "fmt"), [("out.safetensors", "safetensors"), ("out", "dcp"), ("o.pt", "torch")]
+    ("target", "fmt"), [("out.safetensors", "safetensors"), ("out", "dcp"), ("o.pt", "torch"), ("k", "kedge")]
 )
 def test_full_disk_leaves_no_output(tmp_path: Path, target: str, fmt: str) -> None:
     save_file({"big": torch.randn(256, 256), "small": torch.randn(4)}, tmp_path / "a.safetensors")
