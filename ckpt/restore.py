@@ -15,7 +15,7 @@ from kedge.ckpt.manifest import DTYPE_ITEMSIZE, Manifest
 from kedge.ckpt.state import (
     LocalShard,
     RNGState,
-    dtensor_box,
+    dtensor_boxes,
     dtype_name,
     is_stateful,
     join,
@@ -126,9 +126,12 @@ class _Restorer:
             coord = mesh.get_coordinate()
             if coord is None:
                 return  # this rank is not in the DTensor's mesh
-            offsets, sizes = dtensor_box(shape, tuple(mesh.mesh.shape), coord, t.placements, path)
             self.record(path, t.dtype, shape)
-            self.box(path, t.to_local(), offsets, sizes, shape)
+            local = t.to_local()
+            for offsets, sizes, where in dtensor_boxes(
+                shape, tuple(mesh.mesh.shape), coord, t.placements, path
+            ):
+                self.box(path, local[where] if where else local, offsets, sizes, shape)
             return
         self.record(path, t.dtype, shape)
         self.box(path, t, (0,) * len(shape), shape, shape)

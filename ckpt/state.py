@@ -242,13 +242,23 @@ class _Planner:
         mesh = t.device_mesh
         shape = tuple(t.shape)
         holders: dict[tuple[tuple[int, ...], tuple[int, ...]], list[int]] = {}
+        mine_at: dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[slice, ...]] = {}
         ranks = mesh.mesh.reshape(-1).tolist()
         for coord, global_rank in zip(_indices(tuple(mesh.mesh.shape)), ranks, strict=True):
-            box = dtensor_box(shape, tuple(mesh.mesh.shape), coord, t.placements, path)
-            holders.setdefault(box, []).append(int(global_rank))
+            for offsets, sizes, local_slice in dtensor_boxes(
+                shape, tuple(mesh.mesh.shape), coord, t.placements, path
+            ):
+                holders.setdefault((offsets, sizes), []).append(int(global_rank))
+                if global_rank == self.rank:
+                    mine_at[(offsets, sizes)] = local_slice
         local = t.to_local()
         for (offsets, sizes), hs in holders.items():
-            mine = local if self.rank in hs else None
+            where = mine_at.get((offsets, sizes))
+            mine = (
+                None
+                if where is None
+                else (local if len(where) == 0 or _whole(local, where) else local[where])
+            )
             self.boxes.append(
                 _Box(path, offsets, sizes, tuple(hs), _nbytes(t, sizes), mine, dtype_name(t.dtype), shape)
             )
@@ -293,6 +303,10 @@ class _Planner:
         return self.plan
 
 
+def _whole(t: torch.Tensor, where: tuple[slice, ...]) -> bool:
+    return all(sl.start == 0 and sl.stop == n for sl, n in zip(where, t.shape, strict=True))
+
+
 def _nbytes(t: torch.Tensor, sizes: Sequence[int]) -> int:
     return math.prod(sizes) * t.element_size()
 
@@ -304,6 +318,82 @@ def _indices(shape: Sequence[int]) -> list[tuple[int, ...]]:
     return out
 
 
+def _dim_indices(
+    global_shape: tuple[int, ...],
+    mesh_shape: tuple[int, ...],
+    coord: Sequence[int],
+    placements: Any,
+    path: str,
+) -> list[list[int]]:
+    """Per tensor dim, the global indices held at mesh coordinate `coord`, in local order.
+
+    Placements apply left to right over mesh dims, as in torch: Shard splits like torch.chunk;
+    _StridedShard (FSDP2 over TP) asks torch for its index list.
+    """
+    idx = [list(range(n)) for n in global_shape]
+    for mesh_dim, placement in enumerate(placements):
+        k, c = mesh_shape[mesh_dim], coord[mesh_dim]
+        if type(placement) is Shard:
+            cur = idx[placement.dim]
+            chunk = -(-len(cur) // k) if cur else 0
+            start = min(c * chunk, len(cur))
+            idx[placement.dim] = cur[start : min(start + chunk, len(cur))]
+        elif type(placement).__name__ == "_StridedShard":
+            from torch.distributed.tensor.placement_types import _StridedShardOffsetMode
+
+            cur = idx[placement.dim]
+            size, offsets = placement._local_shard_size_and_offset(
+                curr_local_size=len(cur), num_chunks=k, rank=c, offset_mode=_StridedShardOffsetMode.ALL
+            )
+            idx[placement.dim] = [cur[i] for i in list(offsets)[:size]] if size else []
+        elif not isinstance(placement, Replicate):
+            raise TypeError(
+                f"cannot checkpoint {path}: DTensor placement {placement!r} is not supported "
+                "(Shard, _StridedShard and Replicate are; redistribute Partial first)"
+            )
+    return idx
+
+
+def _runs(indices: list[int]) -> list[tuple[int, int, int]]:
+    """Maximal runs of consecutive global indices: (global_start, length, local_start)."""
+    runs: list[tuple[int, int, int]] = []
+    for local, g in enumerate(indices):
+        if runs and runs[-1][0] + runs[-1][1] == g:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1, runs[-1][2])
+        else:
+            runs.append((g, 1, local))
+    return runs
+
+
+DTensorPiece = tuple[tuple[int, ...], tuple[int, ...], tuple[slice, ...]]
+
+
+def dtensor_boxes(
+    global_shape: tuple[int, ...],
+    mesh_shape: tuple[int, ...],
+    coord: Sequence[int],
+    placements: Any,
+    path: str,
+) -> list[DTensorPiece]:
+    """The global boxes held at `coord`, each with the slice of the local tensor that holds it.
+
+    One box for Shard/Replicate layouts; several when _StridedShard interleaves rows.
+    """
+    idx = _dim_indices(global_shape, mesh_shape, coord, placements, path)
+    if any(not i for i in idx) and global_shape:
+        sizes = tuple(len(i) for i in idx)
+        offsets = tuple(i[0] if i else 0 for i in idx)
+        return [(offsets, sizes, tuple(slice(0, n) for n in sizes))]
+    pieces: list[DTensorPiece] = [((), (), ())]
+    for dim_idx in idx:
+        pieces = [
+            ((*o, g), (*s, n), (*sl, slice(loc, loc + n)))
+            for o, s, sl in pieces
+            for g, n, loc in _runs(dim_idx)
+        ]
+    return pieces
+
+
 def dtensor_box(
     global_shape: tuple[int, ...],
     mesh_shape: tuple[int, ...],
@@ -311,21 +401,11 @@ def dtensor_box(
     placements: Any,
     path: str,
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The global box held at mesh coordinate `coord` (torch.chunk split, mesh dims left to right)."""
-    offsets, sizes = [0] * len(global_shape), list(global_shape)
-    for mesh_dim, placement in enumerate(placements):
-        if type(placement) is Shard:
-            d, n, k = placement.dim, sizes[placement.dim], mesh_shape[mesh_dim]
-            chunk = -(-n // k) if n else 0
-            start = min(coord[mesh_dim] * chunk, n)
-            offsets[d] += start
-            sizes[d] = min(start + chunk, n) - start
-        elif not isinstance(placement, Replicate):
-            raise TypeError(
-                f"cannot checkpoint {path}: DTensor placement {placement!r} is not supported "
-                "(Shard and Replicate are; redistribute Partial/strided layouts first)"
-            )
-    return tuple(offsets), tuple(sizes)
+    """The single global box held at `coord` (Shard/Replicate layouts); see dtensor_boxes."""
+    pieces = dtensor_boxes(global_shape, mesh_shape, coord, placements, path)
+    if len(pieces) != 1:
+        raise TypeError(f"{path}: this layout holds {len(pieces)} separate boxes per rank")
+    return pieces[0][0], pieces[0][1]
 
 
 def plan_save(

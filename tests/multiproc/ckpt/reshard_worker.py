@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+from torch.distributed.tensor.placement_types import _StridedShard
 
 ROWS, COLS = 10, 7  # 10 rows over 3 or 4 ranks: uneven shards
 
@@ -31,6 +32,17 @@ def dt(t: torch.Tensor, mesh: DeviceMesh, placements: list[Any]) -> DTensor:
     return distribute_tensor(t, mesh, placements)
 
 
+def fsdp_over_tp(t: torch.Tensor, mesh: DeviceMesh) -> DTensor:
+    """What FSDP2 makes of a TP-sharded (Shard(0) on mesh dim 1) param: the TP-local tensor chunked
+    over mesh dim 0, labelled (_StridedShard(0, split_factor=tp), Shard(0))."""
+    tp_local = dt(t, mesh, [Replicate(), Shard(0)]).to_local()
+    coord = mesh.get_coordinate()
+    assert coord is not None
+    piece = torch.chunk(tp_local, mesh.mesh.shape[0], dim=0)[coord[0]].contiguous()
+    placements = [_StridedShard(0, split_factor=mesh.mesh.shape[1]), Shard(0)]
+    return DTensor.from_local(piece, mesh, placements, shape=t.shape, stride=t.stride())
+
+
 def save_world4(root: str) -> None:
     mesh1 = mesh_of([0, 1, 2, 3], (4,))
     mesh2 = mesh_of([0, 1, 2, 3], (2, 2))
@@ -40,6 +52,8 @@ def save_world4(root: str) -> None:
         "mixed": dt(full(3), mesh2, [Replicate(), Shard(1)]),
         "plain": full(4),
         "meta": {"epoch": 7},
+        # FSDP2 over TP: dim 0 sharded by TP first, then strided-sharded by FSDP
+        "strided": fsdp_over_tp(full(5), mesh2),
     }
     kc.save(root + "/w4", state, codec="bgzstd", chunk_bytes=48)
 
@@ -55,6 +69,7 @@ def load_at(root: str, rank: int, world: int) -> bool:
         "mixed": dt(torch.zeros(ROWS, COLS), mesh1, [Replicate()]),
         "plain": torch.zeros(ROWS, COLS),
         "meta": None,
+        "strided": dt(torch.zeros(ROWS, COLS), mesh1, [Shard(0)]),
     }
     if rank >= world:
         return True

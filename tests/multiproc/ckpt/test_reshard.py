@@ -44,7 +44,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bool]:
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 def test_save_world4_load_world(results: dict[str, bool], world: int) -> None:
-    """Shard(0) on 4 -> on `world`; DTensor mesh 2x2 -> 1x`world`; Replicate x Shard(1) -> Replicate."""
+    """Shard(0) on 4 -> on `world`; DTensor mesh 2x2 -> 1x`world`; Replicate x Shard(1) -> Replicate;
+    FSDP2-over-TP (_StridedShard(0), Shard(0)) on 2x2 -> Shard(0) on `world`."""
     assert results[f"load_w{world}"]
 
 
