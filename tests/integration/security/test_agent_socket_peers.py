@@ -149,3 +149,40 @@ def test_secure_dir_refuses_a_directory_of_another_user(run_dir: Path) -> None:
     os.chown(run_dir, NOBODY_UID, NOGROUP_GID)
     with pytest.raises(PermissionError, match="belongs to uid 65534"):
         peercred.secure_dir(str(run_dir))
+
+
+def test_the_agents_socket_server_rejects_another_uid(
+    run_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from kedge.agent.socket_server import SocketServer
+
+    hellos: list[object] = []
+
+    def register(hello: object) -> tuple[bool, str, int]:
+        hellos.append(hello)
+        return True, "", 1
+
+    server = SocketServer(
+        str(run_dir / "agent.sock"),
+        node_id="n1",
+        on_register=register,
+        on_telemetry=lambda t: None,
+        peer_policy=peercred.PeerPolicy(uids=frozenset({0})),
+        socket_group=NOGROUP_GID,  # file modes let nogroup in: only SO_PEERCRED stands in the way
+    )
+    server.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="kedge.agent.peercred"):
+            assert _as_nobody(server.socket_path) == "closed"
+        assert any(
+            r.message.startswith(f"agent_socket_peer_rejected uid={NOBODY_UID}") for r in caplog.records
+        )
+        with grpc.insecure_channel(
+            f"unix:{server.socket_path}"
+        ) as channel:  # root, the agent's uid: admitted
+            reply = agent_pb2_grpc.AgentLocalStub(channel).RegisterRank(
+                agent_pb2.RegisterRankRequest(job_id="j", rank=3), timeout=5
+            )
+        assert reply.accepted and len(hellos) == 1
+    finally:
+        server.stop()
