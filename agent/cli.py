@@ -16,6 +16,18 @@ def agent() -> None:
     relays verdicts to the coordinator."""
 
 
+# Security (issue 12, docs/SECURITY.md); each also reads KEDGE_AGENT_<NAME> through Config.from_env.
+_SECURITY_OPTIONS = [
+    click.option("--tls-cert", default=None, help="PEM client certificate presented to the coordinator."),
+    click.option("--tls-key", default=None, help="PEM private key of --tls-cert."),
+    click.option("--tls-ca", default=None, help="PEM CA bundle that signs the coordinator's certificate."),
+    click.option("--token-file", default=None, help="File with the agent bearer token (signs commands too)."),
+    click.option("--socket-group", default=None, help="Group given access to the socket (0750/0660)."),
+    click.option("--socket-allow-uids", default=None, help="Extra uids allowed on the socket (comma list)."),
+    click.option("--socket-allow-gids", default=None, help="Gids allowed on the socket (comma list)."),
+]
+
+
 def _common(fn: click.decorators.FC) -> click.decorators.FC:
     options = [
         click.option(
@@ -34,6 +46,7 @@ def _common(fn: click.decorators.FC) -> click.decorators.FC:
         click.option("--nvml", default=None, help="auto | real | off | fake:SCRIPT.json"),
         click.option("--verdict-log", default=None, help="Append verdicts as JSON lines to this file."),
         click.option("--log-level", default="INFO", show_default=True),
+        *_SECURITY_OPTIONS,
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -42,7 +55,7 @@ def _common(fn: click.decorators.FC) -> click.decorators.FC:
 
 def _run(overrides: dict[str, object], command: tuple[str, ...] | None, log_level: str) -> None:
     from kedge.agent.config import Config
-    from kedge.agent.supervisor import main_outcome
+    from kedge.agent.supervisor import agent_security, main_outcome
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
@@ -55,6 +68,7 @@ def _run(overrides: dict[str, object], command: tuple[str, ...] | None, log_leve
         sys.exit(BAD_INPUT_EXIT)
     try:
         config = Config.from_env(overrides)
+        agent_security(config)  # bad certificate/token/socket settings: exit 2 before anything starts
     except (TypeError, ValueError) as exc:
         click.echo(f"kedge agent: bad setting: {exc}", err=True)
         sys.exit(BAD_INPUT_EXIT)

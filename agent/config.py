@@ -54,6 +54,20 @@ class Config:
     """Append every verdict as a JSON line to this file ('' off): an audit trail operators can grep."""
     report_buffer: int = 120
     """Reports kept while the coordinator is unreachable (oldest summaries dropped first)."""
+    tls_cert: str = ""
+    """PEM client certificate the agent presents to the coordinator ('' plaintext; docs/SECURITY.md)."""
+    tls_key: str = ""
+    """PEM private key of tls_cert."""
+    tls_ca: str = ""
+    """PEM CA bundle that signs the coordinator's certificate."""
+    token_file: str = ""
+    """File with the agent bearer token; also the key of command signatures ('' none)."""
+    socket_group: str = ""
+    """Group (name or gid) given access to the socket: directory 0750, socket 0660 ('' 0700/0600)."""
+    socket_allow_uids: str = ""
+    """Comma-separated uids allowed on the socket besides the agent's own (SO_PEERCRED)."""
+    socket_allow_gids: str = ""
+    """Comma-separated gids allowed on the socket (default: socket_group's gid when set)."""
 
     @classmethod
     def from_env(cls, overrides: dict[str, object], env: dict[str, str] | None = None) -> Config:

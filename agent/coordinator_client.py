@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 from kedge.agent import wire
+from kedge.agent.auth import AgentSecurity, CommandVerifier, coordinator_channel
 from kedge.agent.model import Command, NodeReport
 from kedge.proto import coordinator_pb2, coordinator_pb2_grpc
 
@@ -71,6 +72,7 @@ class CoordinatorClient:
         incarnation: Callable[[], int],
         on_command: Callable[[Command], None],
         outbox_size: int = 120,
+        security: AgentSecurity | None = None,
     ) -> None:
         self.addresses = [a.strip() for a in address.split(",") if a.strip()]
         self.address = self.addresses[0]
@@ -87,7 +89,15 @@ class CoordinatorClient:
         )
         self._incarnation = incarnation
         self._on_command = on_command
-        self._channel = grpc.insecure_channel(self.address)
+        # Security (issue 12): client certificate and bearer token; commands verified before use.
+        self._channel = coordinator_channel(
+            self.address,
+            tls=security.tls if security else None,
+            token=security.token if security else None,
+        )
+        self._tls = security is not None and security.tls is not None
+        self._security = security
+        self._verifier = CommandVerifier(job_id, security.command_key() if security else None)
         self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
         self._outbox: deque[NodeReport] = deque()
         self._outbox_size = outbox_size
@@ -171,10 +181,11 @@ class CoordinatorClient:
                 if not self.registered.is_set():
                     self._register()
                     backoff.reset()
-                self._stop.wait(self.heartbeat_interval_s)
+                if self._stop.wait(self.heartbeat_interval_s):
+                    return  # stop() closes the channel: a heartbeat now would raise ValueError
                 self._heartbeat()
             except grpc.RpcError as exc:
-                log.warning("coordinator_unreachable addr=%s code=%s", self.address, _code(exc))
+                _log_session_error(self.address, exc, self._tls)
                 if not isinstance(exc, _Rejected):
                     self._fail_over(exc)
                 backoff.wait(self._stop)
@@ -188,7 +199,11 @@ class CoordinatorClient:
             return
         log.warning("coordinator_failover node=%s from=%s to=%s", self.node_id, self.address, target)
         old, self.address = self._channel, target
-        self._channel = grpc.insecure_channel(target)
+        self._channel = coordinator_channel(
+            target,
+            tls=self._security.tls if self._security else None,
+            token=self._security.token if self._security else None,
+        )
         self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
         self.registered.clear()
         old.close()  # ends the report and command streams on the old coordinator; they follow
@@ -236,6 +251,8 @@ class CoordinatorClient:
             try:
                 for msg in call:
                     backoff.reset()
+                    if not self._verified(msg):
+                        continue
                     command = wire.command_from_proto(msg)
                     if command is None:
                         log.warning("command_unknown id=%s", msg.command_id)
@@ -249,6 +266,39 @@ class CoordinatorClient:
                     return
                 log.warning("coordinator_command_stream_broken code=%s", _code(exc))
             backoff.wait(self._stop)
+
+    def _verified(self, msg: coordinator_pb2.Command) -> bool:
+        """Security (issue 12): own job, current or newer incarnation, valid signature (if keyed)."""
+        signature = msg.signature
+        unsigned = coordinator_pb2.Command()
+        unsigned.CopyFrom(msg)
+        unsigned.ClearField("signature")
+        self._verifier.observe_incarnation(self._incarnation())
+        reason = self._verifier.check(
+            command_id=msg.command_id,
+            job_id=msg.job_id,
+            incarnation=msg.incarnation,
+            payload=unsigned.SerializeToString(deterministic=True),
+            signature=signature,
+        )
+        if reason is not None:
+            self._report_rejected(msg, reason)
+        return reason is None
+
+    def _report_rejected(self, msg: coordinator_pb2.Command, reason: str) -> None:
+        """Tells the coordinator (one attempt) so its executor does not wait for a refused command."""
+        result = coordinator_pb2.CommandResult(
+            command_id=msg.command_id,
+            job_id=self.job_id,
+            node_id=self.node_id,
+            incarnation=msg.incarnation,
+            ok=False,
+            reason=f"rejected: {reason}",
+        )
+        try:
+            self._stub.CommandDone(result, timeout=RPC_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            log.warning("command_done_failed id=%s code=%s", msg.command_id[:64], _code(exc))
 
     def command_done(self, command: Command, ok: bool, reason: str) -> None:
         """Tells the coordinator a command finished (bounded retries; called by the supervisor)."""
@@ -308,6 +358,27 @@ def _leader_hint(exc: grpc.RpcError) -> str:
         if key == "kedge-leader" and isinstance(value, str):
             return value
     return ""
+
+
+def _log_session_error(address: str, exc: grpc.RpcError, tls: bool) -> None:
+    """Security (issue 12): a refused token gets its own line; with TLS, the transport's detail is
+    logged too (a certificate the coordinator refuses shows as the socket closing after the
+    handshake: TLS 1.3 verifies the client's certificate after the client considers it done)."""
+    code = getattr(exc, "code", None)
+    details = getattr(exc, "details", None)
+    text = details() if callable(details) else ""
+    if callable(code) and code() == grpc.StatusCode.UNAUTHENTICATED:
+        log.error("coordinator_refused_agent addr=%s reason=%s", address, text)
+    elif tls:
+        log.warning(
+            "coordinator_unreachable addr=%s code=%s tls=on detail=%s (if the coordinator is up, check "
+            "that this agent's certificate is signed by the CA it trusts, and the reverse)",
+            address,
+            _code(exc),
+            text,
+        )
+    else:
+        log.warning("coordinator_unreachable addr=%s code=%s", address, _code(exc))
 
 
 def _code(exc: grpc.RpcError) -> str:

@@ -15,7 +15,7 @@ from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
-from kedge.agent import wire
+from kedge.agent import peercred, wire
 from kedge.agent.model import CollectiveRecord, StepTiming
 from kedge.proto import agent_pb2, agent_pb2_grpc
 
@@ -128,8 +128,20 @@ class SocketServer:
         on_telemetry: TelemetryFn,
         max_ranks: int = 32,
         telemetry_interval_s: float = 1.0,
+        peer_policy: peercred.PeerPolicy | None = None,
+        socket_group: int | None = None,
     ) -> None:
         self.socket_path = socket_path
+        # Security (issue 12): grpc listens on a private socket; ranks reach it through a relay that
+        # checks each connection's SO_PEERCRED (kedge.agent.peercred says why grpc cannot).
+        self._backend_path = peercred.private_backend_path(socket_path)
+        self._relay = peercred.PeerCheckedRelay(
+            socket_path,
+            self._backend_path,
+            peer_policy or peercred.PeerPolicy.parse(),
+            group=socket_group,
+            max_connections=4 * max_ranks + 8,
+        )
         self.node_id = node_id
         self.on_register = on_register
         self.on_telemetry = on_telemetry
@@ -141,12 +153,19 @@ class SocketServer:
         agent_pb2_grpc.add_AgentLocalServicer_to_server(_Servicer(self), self._server)
 
     def start(self) -> None:
-        os.makedirs(os.path.dirname(self.socket_path) or ".", exist_ok=True)
-        if os.path.exists(self.socket_path):
-            os.unlink(self.socket_path)  # a stale socket of a previous agent on this node
-        self._server.add_insecure_port(f"unix:{self.socket_path}")
+        peercred.secure_dir(os.path.dirname(os.path.abspath(self.socket_path)), self._relay.group)
+        peercred.secure_dir(os.path.dirname(self._backend_path))
+        if os.path.exists(self._backend_path):
+            os.unlink(self._backend_path)  # a stale socket of a previous agent on this node
+        self._server.add_insecure_port(f"unix:{self._backend_path}")
         self._server.start()
-        log.info("agent_socket_listening path=%s", self.socket_path)
+        self._relay.start()
+        log.info(
+            "agent_socket_listening path=%s uids=%s gids=%s",
+            self.socket_path,
+            ",".join(map(str, sorted(self._relay.policy.uids))),
+            ",".join(map(str, sorted(self._relay.policy.gids))) or "-",
+        )
 
     def control_queue(self, rank: int, incarnation: int) -> queue.Queue[tuple[str, str]]:
         with self._lock:
@@ -168,6 +187,8 @@ class SocketServer:
 
     def stop(self, grace_s: float = 1.0) -> None:
         self.stopping.set()
+        self._relay.stop()
         self._server.stop(grace_s).wait(grace_s + 1.0)
-        if os.path.exists(self.socket_path):
-            os.unlink(self.socket_path)
+        for path in (self.socket_path, self._backend_path):
+            if os.path.exists(path):
+                os.unlink(path)

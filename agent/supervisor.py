@@ -31,6 +31,7 @@ from typing import Protocol
 
 import psutil
 from kedge.agent import workers as workers_mod
+from kedge.agent.auth import AgentSecurity, security_from_config
 from kedge.agent.config import Config
 from kedge.agent.detector import Detector, Observation
 from kedge.agent.metrics import Metrics
@@ -50,6 +51,7 @@ from kedge.agent.model import (
     WorkerSpec,
 )
 from kedge.agent.nvml import GpuMonitor, make_backend
+from kedge.agent.peercred import PeerPolicy
 from kedge.agent.progress_reader import PageSnapshot, read_page
 from kedge.agent.sdnotify import Notifier
 from kedge.agent.socket_server import RankHello, SocketServer, Telemetry
@@ -103,12 +105,15 @@ class Supervisor:
         self.notifier = Notifier()
         self.metrics = Metrics() if config.metrics_addr else None
         self.gpus = GpuMonitor(make_backend(config.nvml))
+        self.security = agent_security(config)
         self.server = SocketServer(
             self.socket_path,
             node_id=config.node_id,
             on_register=self._on_register,
             on_telemetry=self._on_telemetry,
             max_ranks=max(16, config.nproc_per_node),
+            peer_policy=PeerPolicy.parse(self.security.allow_uids, self.security.allow_gids),
+            socket_group=self.security.socket_group,
         )
         self.coordinator: CoordinatorClientLike | None = None
 
@@ -157,6 +162,7 @@ class Supervisor:
             incarnation=lambda: self.incarnation,
             on_command=self._enqueue_command,
             outbox_size=self.config.report_buffer,
+            security=self.security,
         )
         client.start()
         self.coordinator = client
@@ -537,6 +543,19 @@ def _append_json_line(path: str, v: Verdict) -> None:
 def _remove(path: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
+
+
+def agent_security(config: Config) -> AgentSecurity:
+    """Security (issue 12): the Config's TLS, token and socket-access settings, files read once."""
+    return security_from_config(
+        tls_cert=config.tls_cert,
+        tls_key=config.tls_key,
+        tls_ca=config.tls_ca,
+        token_file=config.token_file,
+        socket_group=config.socket_group,
+        allow_uids=config.socket_allow_uids,
+        allow_gids=config.socket_allow_gids,
+    )
 
 
 def main_outcome(config: Config, command: Sequence[str] | None) -> int:

@@ -11,6 +11,7 @@ from kedge.ckpt import codec as codecs
 from kedge.ckpt.errors import FormatError, IntegrityError, NotFoundError, StorageError
 from kedge.ckpt.manifest import ChunkRecord, Manifest, TensorRecord
 from kedge.ckpt.storage import MANIFEST_NAME, STEP_DIR_RE, Storage, step_dir
+from kedge.ckpt.validate import check_manifest_size
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +53,9 @@ def open_step(url: str) -> tuple[Storage, Manifest]:
         step = steps[-1]
     if not storage.exists(f"{step_dir(step)}/{MANIFEST_NAME}"):
         raise NotFoundError(f"{url}: step {step} has no manifest (partial or missing)")
-    manifest = Manifest.from_json(storage.read_bytes(f"{step_dir(step)}/{MANIFEST_NAME}"))
+    path = f"{step_dir(step)}/{MANIFEST_NAME}"
+    check_manifest_size(storage.size(path), storage.path(path))  # security (issue 12): bound before reading
+    manifest = Manifest.from_json(storage.read_bytes(path))
     return storage, manifest
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from kedge.ckpt.errors import FormatError
+from kedge.ckpt.validate import validate_manifest
 
 FORMAT_VERSION = 1
 JSONValue: TypeAlias = Any  # None | bool | int | float | str | list[JSONValue] | dict[str, JSONValue]
@@ -157,6 +158,8 @@ class Manifest:
             doc = json.loads(data)
         except (UnicodeDecodeError, ValueError) as exc:
             raise FormatError(f"manifest is not valid JSON (truncated?): {exc}") from exc
+        except RecursionError:  # security (issue 12): deeply nested arrays exhaust the parser's stack
+            raise FormatError("manifest is not valid JSON: nested too deeply") from None
         _need_dict(doc, "manifest")
         version = _int(doc, "format_version", "manifest")
         if version > FORMAT_VERSION:
@@ -174,7 +177,7 @@ class Manifest:
         if not isinstance(created, int | float):
             raise FormatError("manifest: 'created_unix_s' must be a number")
         step = _int(doc, "step", "manifest")
-        return Manifest(
+        manifest = Manifest(
             format_version=version,
             step=step,
             world_size=_int(doc, "world_size", "manifest"),
@@ -183,6 +186,8 @@ class Manifest:
             created_unix_s=float(created),
             extra=extra,
         )
+        validate_manifest(manifest)  # security (issue 12): bounds, names, paths (kedge.ckpt.validate)
+        return manifest
 
 
 def _need_dict(d: Any, where: str) -> None:

@@ -22,6 +22,7 @@ from kedge.ckpt.manifest import DTYPE_ITEMSIZE, ChunkRecord, Manifest, TensorRec
 from kedge.ckpt.planner import plan_reads
 from kedge.ckpt.restore import Target, plan_load
 from kedge.ckpt.storage import MANIFEST_NAME, Storage, step_dir
+from kedge.ckpt.validate import check_manifest_size, validate_file_ranges
 
 DEFAULT_READ_THREADS = 8
 
@@ -30,13 +31,25 @@ def open_manifest(storage: Storage, step: int) -> Manifest:
     """The manifest of a committed step; NotFoundError if the step is not committed."""
     path = f"{step_dir(step)}/{MANIFEST_NAME}"
     try:
+        # security (issue 12): the manifest is untrusted; bound its size before reading it
+        check_manifest_size(storage.size(path), storage.path(path))
         data = storage.read_bytes(path)
     except NotFoundError:
         raise NotFoundError(f"{storage.path(step_dir(step))}: step {step} is not committed") from None
     manifest = Manifest.from_json(data)
     if manifest.step != step:
         raise FormatError(f"{storage.path(path)}: manifest says step {manifest.step}")
+    # security (issue 12): every chunk's byte range inside its file, before any chunk is read
+    validate_file_ranges(manifest, lambda file: _file_size(storage, f"{step_dir(step)}/{file}"))
     return manifest
+
+
+def _file_size(storage: Storage, relpath: str) -> int | None:
+    """None for a missing file: reading its chunks reports it, naming tensor and chunk."""
+    try:
+        return storage.size(relpath)
+    except NotFoundError:
+        return None
 
 
 def latest_step(storage: Storage) -> int:

@@ -6,19 +6,35 @@ from typing import Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
+from kedge.coordinator.auth import TlsFiles, client_channel
 from kedge.coordinator.errors import CoordinatorUnreachable
 from kedge.proto import admin_pb2, admin_pb2_grpc
 
 
-def get_status(address: str, job_id: str = "", recent: int = 10, timeout_s: float = 5.0) -> dict[str, Any]:
+def get_status(
+    address: str,
+    job_id: str = "",
+    recent: int = 10,
+    timeout_s: float = 5.0,
+    *,
+    tls: TlsFiles | None = None,
+    token_file: str | None = None,
+) -> dict[str, Any]:
     """The coordinator's status as a dict shaped like admin.proto's StatusResponse (snake_case keys,
-    enums as names, 64-bit integers as ints)."""
-    with grpc.insecure_channel(address) as channel:
+    enums as names, 64-bit integers as ints). `tls`/`token_file`: the admin's client certificate and
+    bearer token (kedge.coordinator.auth); a refused one raises CoordinatorUnreachable naming why."""
+    with client_channel(address, tls=tls, token_file=token_file) as channel:
         stub = admin_pb2_grpc.AdminStub(channel)
         try:
             resp = stub.GetStatus(admin_pb2.StatusRequest(job_id=job_id, recent=recent), timeout=timeout_s)
         except grpc.RpcError as exc:
-            raise CoordinatorUnreachable(f"coordinator {address} unreachable: {exc.code().name}") from exc
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                raise CoordinatorUnreachable(
+                    f"coordinator {address} refused this admin: {exc.details()}"
+                ) from exc
+            raise CoordinatorUnreachable(
+                f"coordinator {address} unreachable: {exc.code().name} {exc.details() or ''}".rstrip()
+            ) from exc
     out = MessageToDict(resp, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     return _ints(out)  # type: ignore[no-any-return]
 

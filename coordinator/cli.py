@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -56,6 +58,45 @@ def main() -> None:
     kedge status              jobs, nodes, ranks, diagnoses and actions
     kedge demo                the end-to-end demo (CPU with gloo when there is no GPU)
     """
+
+
+# -- security options (issue 12; kedge.coordinator.auth, imported only when a command runs) ----------
+def _tls_options(env: str, who: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """--tls-cert/--tls-key/--tls-ca: this side's certificate and key, and the CA it trusts."""
+    options = [
+        click.option("--tls-cert", envvar=f"{env}_TLS_CERT", help=f"PEM certificate of {who}."),
+        click.option("--tls-key", envvar=f"{env}_TLS_KEY", help=f"PEM private key of {who}."),
+        click.option("--tls-ca", envvar=f"{env}_TLS_CA", help="PEM CA bundle that signs the peers."),
+    ]
+
+    def apply(fn: Callable[..., None]) -> Callable[..., None]:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
+def _tls_files(tls_cert: str | None, tls_key: str | None, tls_ca: str | None, what: str) -> Any:
+    """auth.TlsFiles, None when no option is given; exits 2 when only some are."""
+    given = [v for v in (tls_cert, tls_key, tls_ca) if v]
+    if not given:
+        return None
+    if len(given) != 3:
+        click.echo(f"kedge {what}: --tls-cert, --tls-key and --tls-ca go together", err=True)
+        sys.exit(2)
+    from kedge.coordinator.auth import TlsFiles
+
+    return TlsFiles(cert=str(tls_cert), key=str(tls_key), ca=str(tls_ca))
+
+
+def _server_security(
+    tls: Any, agent_token_file: str | None, admin_token_file: str | None, insecure: bool
+) -> Any:
+    from kedge.coordinator.auth import Config as SecurityConfig
+
+    tokens = {r: f for r, f in (("agent", agent_token_file), ("admin", admin_token_file)) if f}
+    return SecurityConfig(tls=tls, token_files=tokens, insecure=insecure)
 
 
 @main.group()
@@ -121,6 +162,23 @@ def coordinator() -> None:
     envvar="KEDGE_COORDINATOR_RESTART_BUDGET",
     help="Recoveries allowed per budget window before the job is stopped.",
 )
+@_tls_options("KEDGE_COORDINATOR", "the coordinator")
+@click.option(
+    "--agent-token-file",
+    envvar="KEDGE_COORDINATOR_AGENT_TOKEN_FILE",
+    help="File with the bearer token agents must present (Coordinator service).",
+)
+@click.option(
+    "--admin-token-file",
+    envvar="KEDGE_COORDINATOR_ADMIN_TOKEN_FILE",
+    help="File with the bearer token `kedge status` must present (Admin service).",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    envvar="KEDGE_COORDINATOR_INSECURE",
+    help="Allow a non-loopback --listen without TLS and tokens (logged as a warning at every start).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log every event, not only verdicts and actions.")
 def coordinator_serve(
     listen: str,
@@ -132,6 +190,12 @@ def coordinator_serve(
     min_world_size: int | None,
     world_multiple: int | None,
     restart_budget: int | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_ca: str | None,
+    agent_token_file: str | None,
+    admin_token_file: str | None,
+    insecure: bool,
     verbose: bool,
 ) -> None:
     """Serve the coordinator's agent and admin gRPC services until SIGTERM or Ctrl-C."""
@@ -145,7 +209,9 @@ def coordinator_serve(
         "policy.world_multiple": world_multiple,
         "policy.restart_budget": restart_budget,
     }
-    sys.exit(run_server(listen, store, config_file, overrides, verbose))
+    tls = _tls_files(tls_cert, tls_key, tls_ca, "coordinator serve")
+    security = _server_security(tls, agent_token_file, admin_token_file, insecure)
+    sys.exit(run_server(listen, store, config_file, overrides, verbose, security))
 
 
 @main.command()
@@ -159,17 +225,30 @@ def coordinator_serve(
 @click.option("--job", "job_id", default="", help="Only this job.")
 @click.option("--recent", default=10, show_default=True, help="Recent diagnoses and actions to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-def status(coordinator_addr: str, job_id: str, recent: int, as_json: bool) -> None:
+@_tls_options("KEDGE_ADMIN", "this admin client")
+@click.option("--token-file", envvar="KEDGE_ADMIN_TOKEN_FILE", help="File with the admin bearer token.")
+def status(
+    coordinator_addr: str,
+    job_id: str,
+    recent: int,
+    as_json: bool,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_ca: str | None,
+    token_file: str | None,
+) -> None:
     """Show jobs, nodes, ranks (step, step time, state), recent diagnoses and actions."""
     import json
 
     from kedge.coordinator.admin_client import get_status
+    from kedge.coordinator.auth import AuthConfigError
     from kedge.coordinator.errors import CoordinatorUnreachable
     from kedge.coordinator.status_view import render
 
+    tls = _tls_files(tls_cert, tls_key, tls_ca, "status")
     try:
-        result = get_status(coordinator_addr, job_id, recent)
-    except CoordinatorUnreachable as exc:
+        result = get_status(coordinator_addr, job_id, recent, tls=tls, token_file=token_file)
+    except (CoordinatorUnreachable, AuthConfigError) as exc:
         click.echo(f"kedge status: {exc}", err=True)
         sys.exit(2)
     click.echo(json.dumps(result, indent=2) if as_json else render(result))

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from kedge.coordinator import auth
 from kedge.coordinator.errors import CoordinatorError
 from kedge.coordinator.settings import ConfigError, load_config
 from kedge.coordinator.store import open_store
@@ -16,7 +17,12 @@ log = logging.getLogger(__name__)
 
 
 def run_server(
-    listen: str, store_url: str, config_file: str | None, overrides: Mapping[str, Any], verbose: bool
+    listen: str,
+    store_url: str,
+    config_file: str | None,
+    overrides: Mapping[str, Any],
+    verbose: bool,
+    security: auth.Config | None = None,
 ) -> int:
     """Exit code: 0 after a clean stop, 2 on bad input (one line on stderr)."""
     logging.basicConfig(
@@ -36,13 +42,18 @@ def run_server(
         from kedge.coordinator.server import serve  # type: ignore[assignment]
 
     try:
-        server = serve(listen, store, config)
+        server = serve(listen, store, config, security)
+    except auth.AuthConfigError as exc:
+        store.close()
+        print(f"kedge coordinator serve: {exc}", file=sys.stderr)
+        return 2
     except (OSError, RuntimeError) as exc:
         store.close()
         print(f"kedge coordinator serve: cannot listen on {listen}: {exc}", file=sys.stderr)
         return 2
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server._stopping.set())
+    signal.signal(signal.SIGHUP, lambda *_: server.reload_security())  # certificate/token rotation
     print(f"kedge coordinator listening on {server.address} store={store_url}", flush=True)
     server.wait()
     server.stop()

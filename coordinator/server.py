@@ -16,7 +16,7 @@ from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
-from kedge.coordinator import wire
+from kedge.coordinator import auth, wire
 from kedge.coordinator.core import Config, CoordinatorCore
 from kedge.coordinator.model import CommandData
 from kedge.coordinator.store import Store
@@ -70,10 +70,17 @@ class CommandRouter:
 class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):  # type: ignore[misc]
     """Agent-facing RPCs: thin conversions around the core."""
 
-    def __init__(self, core: CoordinatorCore, router: CommandRouter, stopping: threading.Event) -> None:
+    def __init__(
+        self,
+        core: CoordinatorCore,
+        router: CommandRouter,
+        stopping: threading.Event,
+        security: auth.ServerSecurity | None = None,
+    ) -> None:
         self.core = core
         self.router = router
         self.stopping = stopping
+        self.security = security
 
     def RegisterNode(
         self, request: coordinator_pb2.RegisterNodeRequest, context: grpc.ServicerContext
@@ -110,7 +117,15 @@ class CoordinatorService(coordinator_pb2_grpc.CoordinatorServicer):  # type: ign
                 command = q.get(timeout=STREAM_POLL_S)
             except queue.Empty:
                 continue
-            yield wire.command_to_pb(command)
+            yield self._signed(wire.command_to_pb(command))
+
+    def _signed(self, command: coordinator_pb2.Command) -> coordinator_pb2.Command:
+        """Security (issue 12): signs the command for the agent when an agent token is configured."""
+        key = self.security.command_key() if self.security is not None else None
+        if key is not None:
+            payload = command.SerializeToString(deterministic=True)
+            command.signature = auth.sign_command(key, command.job_id, command.incarnation, payload)
+        return command
 
     def CommandDone(
         self, request: coordinator_pb2.CommandResult, context: grpc.ServicerContext
@@ -145,6 +160,12 @@ class RunningServer:
     _server: grpc.Server
     _stopping: threading.Event
     _ticker: threading.Thread
+    security: auth.ServerSecurity | None = None
+
+    def reload_security(self) -> None:
+        """Re-reads certificates and tokens (the CLI calls this on SIGHUP)."""
+        if self.security is not None:
+            self.security.reload()
 
     def stop(self, grace_s: float = 2.0) -> None:
         """Stops the tick thread and the server (streams end within STREAM_POLL_S), closes the store."""
@@ -158,26 +179,39 @@ class RunningServer:
         self._stopping.wait()
 
 
-def serve(listen: str, store: Store, config: Config | None = None) -> RunningServer:
-    """Binds `listen` (HOST:PORT, port 0 = any free one) and starts serving."""
+def serve(
+    listen: str, store: Store, config: Config | None = None, security: auth.Config | None = None
+) -> RunningServer:
+    """Binds `listen` (HOST:PORT, port 0 = any free one) and starts serving. `security` (TLS, tokens,
+    --insecure; kedge.coordinator.auth) defaults to none, which only a loopback `listen` accepts;
+    a refused setting raises auth.AuthConfigError before anything is bound."""
+    guard = auth.server_security(listen, security or auth.Config())
     router = CommandRouter()
     core = CoordinatorCore(store, router, config)
     stopping = threading.Event()
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=MAX_RPC_THREADS, thread_name_prefix="kedge-rpc")
+        futures.ThreadPoolExecutor(max_workers=MAX_RPC_THREADS, thread_name_prefix="kedge-rpc"),
+        interceptors=guard.interceptors(),
     )
-    port = server.add_insecure_port(listen)
+    port = guard.add_port(server, listen)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
     host = listen.rsplit(":", 1)[0]
     address = f"{host}:{port}"
-    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(CoordinatorService(core, router, stopping), server)
+    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
+        CoordinatorService(core, router, stopping, guard), server
+    )
     admin_pb2_grpc.add_AdminServicer_to_server(AdminService(core, address), server)
     server.start()
     ticker = threading.Thread(target=_tick_loop, args=(core, stopping), name="kedge-tick", daemon=True)
     ticker.start()
-    log.info("coordinator serving address=%s", address)
-    return RunningServer(address, port, core, server, stopping, ticker)
+    log.info(
+        "coordinator serving address=%s tls=%s tokens=%s",
+        address,
+        guard.tls is not None,
+        ",".join(sorted(guard.config.token_files)) or "none",
+    )
+    return RunningServer(address, port, core, server, stopping, ticker, guard)
 
 
 def add_services(server: grpc.Server, coordinator: CoordinatorService, admin: AdminService) -> None:

@@ -160,20 +160,22 @@ class ProbeResult(_message.Message):
     def __init__(self, command_id: _Optional[str] = ..., peers: _Optional[_Iterable[str]] = ..., delay_s: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("command_id", "job_id", "incarnation", "start", "stop", "probe")
+    __slots__ = ("command_id", "job_id", "incarnation", "signature", "start", "stop", "probe")
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     START_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
     PROBE_FIELD_NUMBER: _ClassVar[int]
     command_id: str
     job_id: str
     incarnation: int
+    signature: bytes
     start: StartWorkers
     stop: StopWorkers
     probe: RunProbe
-    def __init__(self, command_id: _Optional[str] = ..., job_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., start: _Optional[_Union[StartWorkers, _Mapping]] = ..., stop: _Optional[_Union[StopWorkers, _Mapping]] = ..., probe: _Optional[_Union[RunProbe, _Mapping]] = ...) -> None: ...
+    def __init__(self, command_id: _Optional[str] = ..., job_id: _Optional[str] = ..., incarnation: _Optional[int] = ..., signature: _Optional[bytes] = ..., start: _Optional[_Union[StartWorkers, _Mapping]] = ..., stop: _Optional[_Union[StopWorkers, _Mapping]] = ..., probe: _Optional[_Union[RunProbe, _Mapping]] = ...) -> None: ...
 
 class CommandResult(_message.Message):
     __slots__ = ("command_id", "job_id", "node_id", "incarnation", "ok", "reason")
