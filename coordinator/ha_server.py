@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from kedge.coordinator import auth
 from kedge.coordinator.core import Config, CoordinatorCore
 from kedge.coordinator.errors import StoreError
 from kedge.coordinator.etcd_store import EtcdStore
@@ -80,9 +81,15 @@ class _HaCore:
 class HaCoordinatorService(_HaCore, CoordinatorService):
     """Agent RPCs, served only by the leader."""
 
-    def __init__(self, ha: HaCoordinator, router: CommandRouter, stopping: threading.Event) -> None:
+    def __init__(
+        self,
+        ha: HaCoordinator,
+        router: CommandRouter,
+        stopping: threading.Event,
+        security: auth.ServerSecurity | None = None,
+    ) -> None:
         self.ha = ha
-        super().__init__(None, router, stopping)  # type: ignore[arg-type]
+        super().__init__(None, router, stopping, security)  # type: ignore[arg-type]
 
     def _guarded(self, method: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
@@ -158,6 +165,12 @@ class RunningHaServer:
     _server: grpc.Server
     _stopping: threading.Event
     _ticker: threading.Thread
+    security: auth.ServerSecurity | None = None
+
+    def reload_security(self) -> None:
+        """Re-reads certificates and tokens (the CLI calls this on SIGHUP)."""
+        if self.security is not None:
+            self.security.reload()
 
     def stop(self, grace_s: float = 2.0) -> None:
         """Stops ticking, resigns (a standby takes over at once), stops serving, closes the store."""
@@ -171,17 +184,22 @@ class RunningHaServer:
         self._stopping.wait()
 
 
-def serve_ha(listen: str, store: Store, config: Config | None = None) -> RunningHaServer:
-    """Binds `listen`, campaigns for leadership on the etcd store, serves (see the module docstring)."""
+def serve_ha(
+    listen: str, store: Store, config: Config | None = None, security: auth.Config | None = None
+) -> RunningHaServer:
+    """Binds `listen`, campaigns for leadership on the etcd store, serves (see the module docstring).
+    `security` is applied exactly as by `server.serve` (TLS, tokens, loopback-only when insecure)."""
+    guard = auth.server_security(listen, security or auth.Config())
     if not isinstance(store, EtcdStore):
         raise RuntimeError("high-availability mode needs the etcd store (--store etcd://...)")
     config = config or Config()
     router = CommandRouter()
     stopping = threading.Event()
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=MAX_RPC_THREADS, thread_name_prefix="kedge-rpc")
+        futures.ThreadPoolExecutor(max_workers=MAX_RPC_THREADS, thread_name_prefix="kedge-rpc"),
+        interceptors=guard.interceptors(),
     )
-    port = server.add_insecure_port(listen)
+    port = guard.add_port(server, listen)
     if port == 0:
         raise OSError(f"cannot listen on {listen}")
     address = f"{listen.rsplit(':', 1)[0]}:{port}"
@@ -194,13 +212,13 @@ def serve_ha(listen: str, store: Store, config: Config | None = None) -> Running
         address=advertise,
         config=LeaderElection.Config(),
     )
-    add_services(server, HaCoordinatorService(ha, router, stopping), HaAdminService(ha, address))
+    add_services(server, HaCoordinatorService(ha, router, stopping, guard), HaAdminService(ha, address))
     server.start()
     ha.start()
     ticker = threading.Thread(target=_tick_loop, args=(ha, config, stopping), name="kedge-tick", daemon=True)
     ticker.start()
     log.warning("coordinator serving address=%s id=%s advertise=%s mode=ha", address, candidate_id, advertise)
-    return RunningHaServer(address, port, ha, server, stopping, ticker)
+    return RunningHaServer(address, port, ha, server, stopping, ticker, guard)
 
 
 def _tick_loop(ha: HaCoordinator, config: Config, stopping: threading.Event) -> None:
