@@ -101,10 +101,13 @@ class SlabPacker:
         current = self._slab_with_room(nbytes)
         start = align_up(current.used_bytes)
         dest = current.slab.buffer[start : start + nbytes].view(source.dtype).view(source.shape)
-        if self._side_stream is not None:
+        # CPU-resident state (e.g. AdamW's `step` scalars) is copied here and now; only device
+        # tensors go through the side stream.
+        on_stream = self._side_stream is not None and source.is_cuda
+        if on_stream:
             # The caching allocator must not reuse the source's memory before the side stream read it.
             source.record_stream(self._side_stream)
-        dest.copy_(source, non_blocking=self._side_stream is not None)
+        dest.copy_(source, non_blocking=on_stream)
         current.pieces.append(
             Piece(shard.name, shard.dtype, tuple(shard.global_shape), offsets, sizes, start, nbytes)
         )
