@@ -280,9 +280,11 @@ def _evidence(obs: Observation, track: RankTrack, now_ns: int) -> dict[str, str]
     return evidence
 
 
-def _culprit_order(v: Verdict, observations: list[Observation]) -> tuple[int, int, int]:
+def _culprit_order(v: Verdict, observations: list[Observation]) -> tuple[int, int, int, int]:
     """Several ranks found dead in one tick: signals first (a peer's death makes others fail with a
-    code), then the rank that had enqueued the fewest collectives (it is the one others waited for)."""
+    code), then a rank that vanished without tearing down (no exiting flag) before one that raised,
+    then the rank that had enqueued the fewest collectives (it is the one others waited for)."""
     page = next((o.page for o in observations if o.worker.rank == v.rank), None)
     enqueued = max((g.enqueued_seq for g in page.groups), default=-1) if page is not None else -1
-    return (0 if v.evidence.get("signal", "0") != "0" else 1, enqueued, v.rank)
+    exiting = 1 if page is not None and page.exiting else 0
+    return (0 if v.evidence.get("signal", "0") != "0" else 1, exiting, enqueued, v.rank)

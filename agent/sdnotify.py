@@ -26,6 +26,8 @@ class Notifier:
         if address.startswith("@"):
             address = "\0" + address[1:]  # abstract socket namespace
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock, contextlib.suppress(OSError):
+            # Never block the supervision loop on a reader that does not drain its queue.
+            sock.setblocking(False)
             sock.sendto(message.encode(), address)
 
     def ready(self, status: str = "") -> None:

@@ -4,11 +4,13 @@ agent with STOPPING."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from kedge_fixtures.processes import free_port
 def test_sidecar_adopts_ranks_and_reports_death(tmp_path: Path) -> None:
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify"))
-    notify.settimeout(30)
+    notify.settimeout(60)
     sock, run_dir, verdict_log = tmp_path / "agent.sock", tmp_path / "pages", tmp_path / "verdicts.jsonl"
     env = dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify"), WATCHDOG_USEC="1000000")
     agent = subprocess.Popen(
@@ -48,9 +50,20 @@ def test_sidecar_adopts_ranks_and_reports_death(tmp_path: Path) -> None:
         text=True,
     )
     ranks: list[subprocess.Popen[bytes]] = []
+    messages: list[bytes] = []
+
+    def drain() -> None:  # like systemd, read every notification as it comes
+        with contextlib.suppress(OSError):
+            while True:
+                messages.append(notify.recv(256))
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
     try:
-        assert notify.recv(256).startswith(b"READY=1")
-        assert notify.recv(256) == b"WATCHDOG=1"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and b"WATCHDOG=1" not in messages:
+            time.sleep(0.1)
+        assert messages[0].startswith(b"READY=1") and b"WATCHDOG=1" in messages, messages
         port = free_port()
         for rank in range(2):
             rank_env = workload_env("sigkill:1:5", steps=400)
@@ -73,13 +86,17 @@ def test_sidecar_adopts_ranks_and_reports_death(tmp_path: Path) -> None:
         ):
             time.sleep(0.2)
         died = [v for v in read_verdicts(verdict_log) if v["kind"] == "RANK_DIED"]
+        if not died:
+            agent.terminate()
+            pytest.fail(f"no RANK_DIED verdict; agent log:\n{agent.communicate(timeout=30)[1][-3000:]}")
         assert died and died[0]["rank"] == 1 and died[0]["node_id"] == "side0", died
         assert "not the agent's child" in str(died[0]["reason"])
         agent.send_signal(signal.SIGTERM)
         _out, err = agent.communicate(timeout=30)
-        messages = []
-        while b"STOPPING=1" not in messages:
-            messages.append(notify.recv(256))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and b"STOPPING=1" not in messages:
+            time.sleep(0.1)
+        assert b"STOPPING=1" in messages
         assert agent.returncode == 128 + signal.SIGTERM, err[-2000:]
         assert "rank_adopted rank=0" in err and "rank_adopted rank=1" in err
     finally:
