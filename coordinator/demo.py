@@ -73,7 +73,7 @@ def _story(cluster: LocalCluster, marks: list[Mark], echo: Any) -> None:
     cluster.start()
     assert cluster.server is not None
     echo(f"coordinator on {cluster.server.address}; agents node-a, node-b (2 ranks each); training ...")
-    cluster.wait_for(lambda: cluster.last_step() >= 15, 150, "training to reach step 15")
+    cluster.wait_for(lambda: cluster.last_step() >= 15, 240, "training to reach step 15")
     marks.append(Mark(t0, "begin", "coordinator and agents started"))
     before = _last_loss(cluster)
     marks.append(
@@ -82,15 +82,15 @@ def _story(cluster: LocalCluster, marks: list[Mark], echo: Any) -> None:
     start1 = cluster.wait_for(
         lambda: _start_after(cluster, marks[-1].wall_s, world=4), 90, "restart with world 4"
     )
-    cluster.wait_for(lambda: cluster.last_step() >= start1["step"] + 15, 90, "training after the restart")
+    cluster.wait_for(lambda: cluster.last_step() >= start1["step"] + 15, 150, "training after the restart")
     before = _last_loss(cluster)
     marks.append(
         Mark(cluster.kill_node("node-b"), "FAULT", f"node-b lost (agent and workers killed); loss {before}")
     )
-    cluster.wait_for(lambda: _start_after(cluster, marks[-1].wall_s, world=2), 120, "shrunk world of 2")
-    cluster.wait_for(lambda: cluster.last_step() >= DEMO_STEPS, 120, f"training to step {DEMO_STEPS}")
+    cluster.wait_for(lambda: _start_after(cluster, marks[-1].wall_s, world=2), 180, "shrunk world of 2")
+    cluster.wait_for(lambda: cluster.last_step() >= DEMO_STEPS, 180, f"training to step {DEMO_STEPS}")
     marks.append(Mark(time.time(), "done", f"step {DEMO_STEPS} reached on world 2"))
-    cluster.wait_for(lambda: _finished(cluster), 30, "every rank to exit 0")
+    cluster.wait_for(lambda: _finished(cluster), 90, "every rank to exit 0")
 
 
 def _finished(cluster: LocalCluster) -> bool:
