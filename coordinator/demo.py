@@ -80,7 +80,7 @@ def _story(cluster: LocalCluster, marks: list[Mark], echo: Any) -> None:
         Mark(cluster.signal_rank(3, signal.SIGKILL), "FAULT", f"SIGKILL rank 3 (node-b); loss {before}")
     )
     start1 = cluster.wait_for(
-        lambda: _start_after(cluster, marks[-1].wall_s, world=4), 90, "restart with world 4"
+        lambda: _start_after(cluster, marks[-1].wall_s, world=4), 150, "restart with world 4"
     )
     cluster.wait_for(lambda: cluster.last_step() >= start1["step"] + 15, 150, "training after the restart")
     before = _last_loss(cluster)
