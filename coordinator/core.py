@@ -64,6 +64,8 @@ class Config:
     """...and no node registered for this long."""
     probe_timeout_s: float = 15.0
     """A pairwise probe that has not answered by then is read as it stands."""
+    collateral_grace_s: float = 5.5
+    """Rank exits with an error code alone wait this long for a cause (a signal death, a lost node)."""
     persist_interval_s: float = 2.0
     """Lease expiries and the job's step are written to the store at most this often."""
     diagnosis: diagnosis.Config = field(default_factory=diagnosis.Config)
@@ -314,6 +316,12 @@ class CoordinatorCore:
     def _decide(self, rt: JobRuntime) -> None:
         if not rt.verdicts:
             return
+        if all(policy.is_collateral_candidate(v) for v in rt.verdicts):
+            # Peers of a killed rank or of a lost node exit with an error code before the real cause
+            # is known (the lease takes lease_ttl_s to expire): wait that long for it to surface.
+            oldest_s = min(v.wall_time_ns for v in rt.verdicts) / 1e9
+            if self.clock.wall_ns() / 1e9 - oldest_s < self.config.collateral_grace_s:
+                return
         state = policy.State(
             job_state=rt.job.state,
             world_size=rt.job.world_size,

@@ -38,6 +38,7 @@ class Mark:
 def demo_config() -> Config:
     """Quick leases and ticks for a one-machine demo; master port picked per incarnation."""
     config = Config(lease_ttl_s=3.0, heartbeat_interval_s=0.5, tick_interval_s=0.1, start_min_nodes=2)
+    config.collateral_grace_s = 3.5
     config.start_settle_s = 0.5
     config.executor.master_port = 0
     config.executor.stop_grace_s = 2.0
@@ -72,24 +73,24 @@ def _story(cluster: LocalCluster, marks: list[Mark], echo: Any) -> None:
     cluster.start()
     assert cluster.server is not None
     echo(f"coordinator on {cluster.server.address}; agents node-a, node-b (2 ranks each); training ...")
-    cluster.wait_for(lambda: cluster.last_step() >= 15, 150, "training to reach step 15")
+    cluster.wait_for(lambda: cluster.last_step() >= 15, 240, "training to reach step 15")
     marks.append(Mark(t0, "begin", "coordinator and agents started"))
     before = _last_loss(cluster)
     marks.append(
         Mark(cluster.signal_rank(3, signal.SIGKILL), "FAULT", f"SIGKILL rank 3 (node-b); loss {before}")
     )
     start1 = cluster.wait_for(
-        lambda: _start_after(cluster, marks[-1].wall_s, world=4), 90, "restart with world 4"
+        lambda: _start_after(cluster, marks[-1].wall_s, world=4), 150, "restart with world 4"
     )
-    cluster.wait_for(lambda: cluster.last_step() >= start1["step"] + 15, 90, "training after the restart")
+    cluster.wait_for(lambda: cluster.last_step() >= start1["step"] + 15, 150, "training after the restart")
     before = _last_loss(cluster)
     marks.append(
         Mark(cluster.kill_node("node-b"), "FAULT", f"node-b lost (agent and workers killed); loss {before}")
     )
-    cluster.wait_for(lambda: _start_after(cluster, marks[-1].wall_s, world=2), 120, "shrunk world of 2")
-    cluster.wait_for(lambda: cluster.last_step() >= DEMO_STEPS, 120, f"training to step {DEMO_STEPS}")
+    cluster.wait_for(lambda: _start_after(cluster, marks[-1].wall_s, world=2), 180, "shrunk world of 2")
+    cluster.wait_for(lambda: cluster.last_step() >= DEMO_STEPS, 180, f"training to step {DEMO_STEPS}")
     marks.append(Mark(time.time(), "done", f"step {DEMO_STEPS} reached on world 2"))
-    cluster.wait_for(lambda: _finished(cluster), 30, "every rank to exit 0")
+    cluster.wait_for(lambda: _finished(cluster), 90, "every rank to exit 0")
 
 
 def _finished(cluster: LocalCluster) -> bool:

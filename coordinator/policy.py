@@ -89,7 +89,7 @@ def decide(now_wall_ns: int, state: State, config: Config) -> tuple[Action, str]
         if slow:
             return Action(kind=ActionKind.ALERT, evidence=slow), slow[0].reason
         return Action(kind=ActionKind.NONE), "no verdicts"
-    evidence = faults or slow
+    evidence = sorted(faults, key=_weight) or slow
     used = _recoveries_in_window(now_wall_ns, state.history, config)
     if used >= config.restart_budget:
         reason = (
@@ -142,6 +142,21 @@ def _isolate(
         return Action(kind=ActionKind.STOP, isolate=bad_nodes, evidence=evidence), f"{reason}; {why}"
     action = Action(kind=ActionKind.SHRINK, isolate=bad_nodes, world_size=world, evidence=evidence)
     return action, f"isolate {','.join(bad_nodes)} and shrink {state.world_size} -> {world}: {why}"
+
+
+def _weight(v: Verdict) -> int:
+    """Order of evidence, most telling first: a node fault explains rank deaths on other nodes, a
+    death by signal explains peers that exited with an error code after it."""
+    if v.kind in NODE_FAULTS:
+        return 0
+    if v.kind is VerdictKind.RANK_DIED and v.evidence.get("signal", "0") not in ("", "0"):
+        return 1
+    return 2 if v.kind is not VerdictKind.RANK_DIED else 3
+
+
+def is_collateral_candidate(v: Verdict) -> bool:
+    """A rank that exited with an error code may only be reacting to a peer's death or a lost node."""
+    return v.kind is VerdictKind.RANK_DIED and v.evidence.get("signal", "0") in ("", "0")
 
 
 def _valid_world(procs: int, config: Config) -> int:

@@ -60,6 +60,7 @@ class Trial:
 
 def bench_config() -> Config:
     config = Config(lease_ttl_s=3.0, heartbeat_interval_s=0.5, tick_interval_s=0.1, start_min_nodes=2)
+    config.collateral_grace_s = 3.5
     config.start_settle_s = 0.5
     config.executor.master_port = 0
     config.executor.stop_grace_s = 2.0

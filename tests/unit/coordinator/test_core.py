@@ -106,7 +106,13 @@ def start_two_nodes(core: CoordinatorCore, sink: Sink, clock: VirtualClock) -> N
 def test_start_restart_and_resume(tmp_path: Path) -> None:
     core, sink, clock = make(tmp_path)
     start_two_nodes(core, sink, clock)
-    died = Verdict(kind=VerdictKind.RANK_DIED, rank=3, reason="rank 3 killed by signal 9", incarnation=1)
+    died = Verdict(
+        kind=VerdictKind.RANK_DIED,
+        evidence={"signal": "9"},
+        rank=3,
+        reason="rank 3 killed by signal 9",
+        incarnation=1,
+    )
     core.report(NodeReportData(job_id="j", node_id="n2", incarnation=1, verdicts=[died]))
     advance(core, clock, 0.25, ("n1", "n2"))
     stops = sink.take()
@@ -122,7 +128,14 @@ def test_start_restart_and_resume(tmp_path: Path) -> None:
     assert status.actions[0].kind is ActionKind.RESTART and "rank 3 killed" in status.actions[0].reason
     assert status.diagnoses[0].node_id == "n2"
     # a verdict delivered twice (agent reconnect) counts once; a late report about the old world changes nothing
-    again = Verdict(kind=VerdictKind.RANK_DIED, rank=1, reason="rank 1 died", incarnation=2, wall_time_ns=5)
+    again = Verdict(
+        kind=VerdictKind.RANK_DIED,
+        evidence={"signal": "9"},
+        rank=1,
+        reason="rank 1 died",
+        incarnation=2,
+        wall_time_ns=5,
+    )
     core.report(NodeReportData(job_id="j", node_id="n1", incarnation=2, verdicts=[again]))
     core.report(NodeReportData(job_id="j", node_id="n1", incarnation=2, verdicts=[again]))
     assert len(core._jobs["j"].verdicts) == 1
@@ -156,7 +169,9 @@ def test_budget_exhausted_stops_with_no_requeue_code(tmp_path: Path) -> None:
     core, sink, clock = make(tmp_path, restart_budget=1)
     start_two_nodes(core, sink, clock)
     for inc in (1, 2):
-        v = Verdict(kind=VerdictKind.RANK_DIED, rank=0, reason="died", incarnation=inc)
+        v = Verdict(
+            kind=VerdictKind.RANK_DIED, evidence={"signal": "9"}, rank=0, reason="died", incarnation=inc
+        )
         core.report(NodeReportData(job_id="j", node_id="n1", incarnation=inc, verdicts=[v]))
         advance(core, clock, 0.25, ("n1", "n2"))
         ack_all(core, sink.take())
@@ -184,7 +199,7 @@ def test_stale_coordinator_is_fenced(tmp_path: Path) -> None:
     start_two_nodes(core, sink, clock)
     stale, stale_sink, stale_clock = make(tmp_path)  # a second coordinator that loaded incarnation 1
     stale_clock.t = clock.t
-    v = Verdict(kind=VerdictKind.RANK_DIED, rank=0, reason="died", incarnation=1)
+    v = Verdict(kind=VerdictKind.RANK_DIED, evidence={"signal": "9"}, rank=0, reason="died", incarnation=1)
     core.report(NodeReportData(job_id="j", node_id="n1", incarnation=1, verdicts=[v]))
     advance(core, clock, 0.25, ("n1", "n2"))
     ack_all(core, sink.take())
@@ -240,3 +255,21 @@ def start_two_nodes_and(
     advance(core, clock, 1.5, ("n1", "n2", *extra))
     ack_all(core, sink.take())
     assert core.status()[0].job.state is JobState.RUNNING
+
+
+def test_error_exit_alone_waits_for_its_cause(tmp_path: Path) -> None:
+    """A peer's error exit (no signal) is held for collateral_grace_s: the lost node shows up first."""
+    core, sink, clock = make(tmp_path)
+    start_two_nodes(core, sink, clock)
+    peer = Verdict(
+        kind=VerdictKind.RANK_DIED,
+        rank=1,
+        reason="rank 1 exited 1",
+        evidence={"signal": "0"},
+        incarnation=1,
+        wall_time_ns=clock.wall_ns(),
+    )
+    core.report(NodeReportData(job_id="j", node_id="n1", incarnation=1, verdicts=[peer]))
+    advance(core, clock, 5.5, ("n1",))  # n2 silent: its lease expires within the grace
+    status = core.status()[0]
+    assert status.actions[0].kind is ActionKind.SHRINK and "lease expired" in status.actions[0].reason
