@@ -19,7 +19,7 @@ from kedge_fixtures.coordinator_ha import KEDGE, Replica
 from kedge_fixtures.etcd import EtcdHandle
 from kedge_fixtures.processes import free_port
 
-pytestmark = [pytest.mark.timeout(120), pytest.mark.etcd, pytest.mark.slow]
+pytestmark = [pytest.mark.timeout(180), pytest.mark.etcd, pytest.mark.slow]
 
 _TRAIN = Path(__file__).resolve().parents[2] / "workloads" / "train_gloo.py"
 
@@ -92,7 +92,7 @@ def test_leader_killed_during_cpu_job_workers_keep_running(
             after = _ranks(_job(b.address))
             return len(after) == 2 and all(after[r][1] > before[r][1] + 5 for r in before)
 
-        _wait(resumed_on_b, 30, "the same ranks reporting progress to the new leader")
+        _wait(resumed_on_b, 60, "the same ranks reporting progress to the new leader")
         after = _ranks(_job(b.address))
         assert {r: pid for r, (pid, _) in after.items()} == {r: pid for r, (pid, _) in before.items()}
         job = _job(b.address)
