@@ -193,71 +193,71 @@ class Cluster:
         st, prev = self.timeline.at(t_s)
         off = int(self.mono_offset_ns[node])
         lo, hi = node * self.gpn, (node + 1) * self.gpn
-        ranks = [self._rank_sample(r, r - lo, st, prev, t_s, off) for r in range(lo, hi)]
+        ranks = self._rank_samples(lo, hi, st, prev, t_s, off)
         collectives = self._collectives(lo, hi, st, prev, t_s, off)
         verdicts = self.pending_verdicts.pop(node, [])
         timings = self._step_timings(node, lo, hi, st, prev, t_s, off)
         return NodeSample(node_id(node), int(t_s * 1e9), ranks, collectives, verdicts, timings,
                           dict(self.xids.get(node, {})))
 
-    def _rank_sample(
-        self, r: int, local: int, st: StepTimes, prev: StepTimes | None, t: float, off: int
-    ) -> RankSample:
+    def _rank_samples(
+        self, lo: int, hi: int, st: StepTimes, prev: StepTimes | None, t: float, off: int
+    ) -> list[RankSample]:
+        """The progress pages of ranks lo..hi-1 at `t` (vectorized over the node's ranks)."""
         cols = self.config.collectives_per_step
-        arrive = st.arrive_s[r]
-        n_enq = int(np.count_nonzero(arrive <= t))
-        n_done = min(n_enq, int(np.count_nonzero(st.done_s <= t)))
-        base = (st.step - 1) * cols
-        prev_arrive = float(prev.arrive_s[r, -1]) if prev is not None else st.start_s
+        arrive = st.arrive_s[lo:hi]
+        n_enq = np.count_nonzero(arrive <= t, axis=1)
+        n_done = np.minimum(n_enq, int(np.count_nonzero(st.done_s <= t)))
+        idx = np.arange(hi - lo)
+        prev_arrive = prev.arrive_s[lo:hi, -1] if prev is not None else np.full(hi - lo, st.start_s)
         prev_done = float(prev.done_s[-1]) if prev is not None else st.start_s
-        enq_s = float(arrive[n_enq - 1]) if n_enq else prev_arrive
-        done_s = float(st.done_s[n_done - 1]) if n_done else prev_done
-        step_done = n_done == cols
-        step_time = (st.end_s - st.start_s) if step_done else (prev.end_s - prev.start_s if prev else 0.0)
-        dead = self.dead_at_s[r] <= t
-        beat = max(enq_s, done_s)
-        return RankSample(
-            rank=r,
-            local_rank=local,
-            state="exited" if dead else "running",
-            proc_status="zombie" if dead else "running",
-            exit_code=0 if self.exit_signal[r] else 1,
-            signal=int(self.exit_signal[r]) if dead else 0,
-            step=st.step if step_done else st.step - 1,
-            step_time_s=float(step_time),
-            heartbeat_mono_ns=_ns(beat, off),
-            last_enqueued_seq=base + n_enq,
-            last_started_seq=base + n_enq,
-            last_completed_seq=base + n_done,
-            enqueued_mono_ns=_ns(enq_s, off),
-            started_mono_ns=_ns(enq_s, off),
-            completed_mono_ns=_ns(done_s, off),
-        )
+        enq_s = np.where(n_enq > 0, arrive[idx, np.maximum(n_enq - 1, 0)], prev_arrive)
+        done_s = np.where(n_done > 0, st.done_s[np.maximum(n_done - 1, 0)], prev_done)
+        step_over = int(np.count_nonzero(st.done_s <= t)) == cols
+        step_time = st.end_s - st.start_s if step_over else (prev.end_s - prev.start_s if prev else 0.0)
+        base = (st.step - 1) * cols
+        dead = (self.dead_at_s[lo:hi] <= t).tolist()
+        sig = self.exit_signal[lo:hi].tolist()
+        enq_ns = _ns_array(enq_s, off)
+        done_ns = _ns_array(done_s, off)
+        step = st.step if step_over else st.step - 1
+        out = []
+        for i, (ne, nd, en, dn, d, sg) in enumerate(
+            zip(n_enq.tolist(), n_done.tolist(), enq_ns, done_ns, dead, sig, strict=True)
+        ):
+            out.append(RankSample(
+                rank=lo + i, local_rank=i, state="exited" if d else "running",
+                proc_status="zombie" if d else "running", exit_code=0 if sg else 1, signal=sg if d else 0,
+                step=step, step_time_s=step_time, heartbeat_mono_ns=max(en, dn),
+                last_enqueued_seq=base + ne, last_started_seq=base + ne, last_completed_seq=base + nd,
+                enqueued_mono_ns=en, started_mono_ns=en, completed_mono_ns=dn,
+            ))
+        return out
 
     def _collectives(
         self, lo: int, hi: int, st: StepTimes, prev: StepTimes | None, t: float, off: int
     ) -> list[CollectiveSample]:
         """Collectives enqueued since the last report, newest `max_collectives_per_rank` per rank."""
         cols = self.config.collectives_per_step
+        parts = [p for p in (prev, st) if p is not None]
+        arrive = np.concatenate([p.arrive_s[lo:hi] for p in parts], axis=1)
+        done = np.concatenate([p.done_s for p in parts])
+        seq = np.concatenate([np.arange(1, cols + 1) + (p.step - 1) * cols for p in parts])
+        step = np.concatenate([np.full(cols, p.step) for p in parts])
+        sent = self.last_sent_seq[lo:hi]
+        fresh = (arrive <= t) & (arrive > -INF) & (seq[None, :] > sent[:, None])
+        completed = fresh & (done[None, :] <= t)
+        any_done = completed.any(axis=1)
+        newest = np.where(completed, seq[None, :], 0).max(axis=1)
+        sent[any_done] = newest[any_done]  # pending ones are sent again until they complete
         out: list[CollectiveSample] = []
-        for r in range(lo, hi):
-            recs: list[CollectiveSample] = []
-            for steps in (prev, st):
-                if steps is None:
-                    continue
-                base = (steps.step - 1) * cols
-                for j in range(cols):
-                    a = float(steps.arrive_s[r, j])
-                    seq = base + j + 1
-                    if a > t or seq <= self.last_sent_seq[r] or a == -INF:
-                        continue
-                    d = float(steps.done_s[j])
-                    recs.append(CollectiveSample(r, seq, steps.step, _ns(a, off), _ns(a, off),
-                                                 _ns(d, off) if d <= t else 0))
-            done = [c for c in recs if c.complete_mono_ns]
-            if done:
-                self.last_sent_seq[r] = done[-1].seq  # pending ones are sent again until complete
-            out.extend(recs[-self.max_collectives_per_rank :])
+        keep = self.max_collectives_per_rank
+        for i, row in enumerate(fresh):
+            js = np.flatnonzero(row)[-keep:]
+            for j in js.tolist():
+                a = _ns(float(arrive[i, j]), off)
+                d = float(done[j])
+                out.append(CollectiveSample(lo + i, int(seq[j]), int(step[j]), a, a, _ns(d, off) if d <= t else 0))
         return out
 
     def _step_timings(
@@ -270,6 +270,11 @@ class Cluster:
         dur = finished.end_s - finished.start_s
         end = _ns(finished.end_s, off)
         return [(r, finished.step, dur, end) for r in range(lo, hi) if self.dead_at_s[r] > t]
+
+
+def _ns_array(t_s: np.ndarray, offset_ns: int) -> list[int]:
+    finite = np.isfinite(t_s)
+    return np.where(finite, offset_ns + (np.where(finite, t_s, 0.0) * 1e9).astype(np.int64), 0).tolist()
 
 
 def _ns(t_s: float, offset_ns: int) -> int:

@@ -1,0 +1,60 @@
+"""A 1,024-GPU simulated cluster against the coordinator's real diagnosis and policy (seeded, replayable).
+
+Each fault is injected on a seeded random node after a warm-up; the coordinator must name that node
+(and rank) with its first action, and a no-fault run with checkpoint pauses, GC pauses, jitter and
+pipeline skew must produce no action at all.
+"""
+
+from __future__ import annotations
+
+import pytest
+from kedge_sim.diagnosis_adapter import DiagnosisPolicyAdapter
+from kedge_sim.driver import Result, Run, Scenario
+from kedge_sim.faults import FaultKind
+from kedge_sim.workload import WorkloadConfig
+
+GPUS = 1024
+SEED = 20261122
+
+
+def _run(fault: FaultKind | None, *, seed: int = SEED, soak_s: float = 120.0) -> Result:
+    scenario = Scenario(gpus=GPUS, seed=seed, fault=fault, charge_cpu=False, soak_s=soak_s)
+    return Run(scenario, DiagnosisPolicyAdapter()).run()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("fault", "action"),
+    [
+        (FaultKind.RANK_DIED, "restart"),
+        (FaultKind.GPU_XID, "shrink"),
+        (FaultKind.RANK_FROZEN, "restart"),
+        (FaultKind.NODE_LOSS, "shrink"),
+    ],
+)
+def test_culprit_named_by_first_action(fault: FaultKind, action: str) -> None:
+    result = _run(fault)
+    first = result.first_action
+    assert result.fault is not None and first is not None, f"no action for {fault.value}"
+    assert first.action == action, first.reason
+    assert result.correct, f"named {first.culprit_nodes}, fault on node {result.fault.node}: {first.reason}"
+    if result.fault.rank >= 0:
+        assert result.fault.rank in first.culprit_ranks, first.reason
+    assert result.false_actions == 0
+
+
+@pytest.mark.timeout(60)
+def test_no_fault_soak_takes_no_action() -> None:
+    workload = WorkloadConfig(ckpt_every_steps=5, ckpt_pause_s=3.0, gc_probability=0.002)
+    scenario = Scenario(gpus=GPUS, seed=SEED + 1, fault=None, charge_cpu=False, soak_s=150.0, workload=workload)
+    result = Run(scenario, DiagnosisPolicyAdapter()).run()
+    assert result.decisions == [], [d.reason for d in result.decisions]
+    assert result.messages["report"] == GPUS // 8 * 150
+
+
+@pytest.mark.timeout(60)
+def test_same_seed_replays_the_same_run() -> None:
+    a, b = _run(FaultKind.RANK_FROZEN, seed=5), _run(FaultKind.RANK_FROZEN, seed=5)
+    assert a.fault == b.fault
+    assert [(d.at_s, d.action, d.reason) for d in a.decisions] == [(d.at_s, d.action, d.reason) for d in b.decisions]
+    assert a.messages == b.messages
