@@ -46,7 +46,9 @@ def test_culprit_named_by_first_action(fault: FaultKind, action: str) -> None:
 @pytest.mark.timeout(60)
 def test_no_fault_soak_takes_no_action() -> None:
     workload = WorkloadConfig(ckpt_every_steps=5, ckpt_pause_s=3.0, gc_probability=0.002)
-    scenario = Scenario(gpus=GPUS, seed=SEED + 1, fault=None, charge_cpu=False, soak_s=150.0, workload=workload)
+    scenario = Scenario(
+        gpus=GPUS, seed=SEED + 1, fault=None, charge_cpu=False, soak_s=150.0, workload=workload
+    )
     result = Run(scenario, DiagnosisPolicyAdapter()).run()
     assert result.decisions == [], [d.reason for d in result.decisions]
     assert result.messages["report"] == GPUS // 8 * 150
@@ -56,5 +58,7 @@ def test_no_fault_soak_takes_no_action() -> None:
 def test_same_seed_replays_the_same_run() -> None:
     a, b = _run(FaultKind.RANK_FROZEN, seed=5), _run(FaultKind.RANK_FROZEN, seed=5)
     assert a.fault == b.fault
-    assert [(d.at_s, d.action, d.reason) for d in a.decisions] == [(d.at_s, d.action, d.reason) for d in b.decisions]
+    assert [(d.at_s, d.action, d.reason) for d in a.decisions] == [
+        (d.at_s, d.action, d.reason) for d in b.decisions
+    ]
     assert a.messages == b.messages

@@ -158,8 +158,12 @@ class Cluster:
             xid = int(self.rng.choice([48, 79, 94, 95]))
             self.xids.setdefault(fault.node, {}).setdefault(fault.gpu_index, []).append(xid)
             self.gen.stop_at_s[fault.rank] = t
-            self._queue_verdict(fault.node, AgentVerdict("gpu_fault", fault.rank, fault.gpu_index,
-                                                         f"critical XID {xid}", {"xid": str(xid)}))
+            self._queue_verdict(
+                fault.node,
+                AgentVerdict(
+                    "gpu_fault", fault.rank, fault.gpu_index, f"critical XID {xid}", {"xid": str(xid)}
+                ),
+            )
             self._die(fault.node, fault.rank, t, signal=0, reason=f"CUDA error after XID {xid}")
         elif kind is FaultKind.STRAGGLER:
             self.gen.slow_factor[fault.rank] = fault.slow_factor
@@ -176,8 +180,16 @@ class Cluster:
     def _die(self, node: int, rank: int, t: float, *, signal: int, reason: str) -> None:
         self.dead_at_s[rank] = t
         self.exit_signal[rank] = signal
-        self._queue_verdict(node, AgentVerdict("rank_died", rank, -1, reason,
-                                               {"signal": str(signal), "exit_code": "1" if not signal else "0"}))
+        self._queue_verdict(
+            node,
+            AgentVerdict(
+                "rank_died",
+                rank,
+                -1,
+                reason,
+                {"signal": str(signal), "exit_code": "1" if not signal else "0"},
+            ),
+        )
 
     def _queue_verdict(self, node: int, verdict: AgentVerdict) -> None:
         self.pending_verdicts.setdefault(node, []).append(verdict)
@@ -197,8 +209,15 @@ class Cluster:
         collectives = self._collectives(lo, hi, st, prev, t_s, off)
         verdicts = self.pending_verdicts.pop(node, [])
         timings = self._step_timings(node, lo, hi, st, prev, t_s, off)
-        return NodeSample(node_id(node), int(t_s * 1e9), ranks, collectives, verdicts, timings,
-                          dict(self.xids.get(node, {})))
+        return NodeSample(
+            node_id(node),
+            int(t_s * 1e9),
+            ranks,
+            collectives,
+            verdicts,
+            timings,
+            dict(self.xids.get(node, {})),
+        )
 
     def _rank_samples(
         self, lo: int, hi: int, st: StepTimes, prev: StepTimes | None, t: float, off: int
@@ -225,13 +244,25 @@ class Cluster:
         for i, (ne, nd, en, dn, d, sg) in enumerate(
             zip(n_enq.tolist(), n_done.tolist(), enq_ns, done_ns, dead, sig, strict=True)
         ):
-            out.append(RankSample(
-                rank=lo + i, local_rank=i, state="exited" if d else "running",
-                proc_status="zombie" if d else "running", exit_code=0 if sg else 1, signal=sg if d else 0,
-                step=step, step_time_s=step_time, heartbeat_mono_ns=max(en, dn),
-                last_enqueued_seq=base + ne, last_started_seq=base + ne, last_completed_seq=base + nd,
-                enqueued_mono_ns=en, started_mono_ns=en, completed_mono_ns=dn,
-            ))
+            out.append(
+                RankSample(
+                    rank=lo + i,
+                    local_rank=i,
+                    state="exited" if d else "running",
+                    proc_status="zombie" if d else "running",
+                    exit_code=0 if sg else 1,
+                    signal=sg if d else 0,
+                    step=step,
+                    step_time_s=step_time,
+                    heartbeat_mono_ns=max(en, dn),
+                    last_enqueued_seq=base + ne,
+                    last_started_seq=base + ne,
+                    last_completed_seq=base + nd,
+                    enqueued_mono_ns=en,
+                    started_mono_ns=en,
+                    completed_mono_ns=dn,
+                )
+            )
         return out
 
     def _collectives(
@@ -257,7 +288,9 @@ class Cluster:
             for j in js.tolist():
                 a = _ns(float(arrive[i, j]), off)
                 d = float(done[j])
-                out.append(CollectiveSample(lo + i, int(seq[j]), int(step[j]), a, a, _ns(d, off) if d <= t else 0))
+                out.append(
+                    CollectiveSample(lo + i, int(seq[j]), int(step[j]), a, a, _ns(d, off) if d <= t else 0)
+                )
         return out
 
     def _step_timings(

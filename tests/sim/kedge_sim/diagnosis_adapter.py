@@ -25,6 +25,7 @@ from kedge.coordinator.model import (
     Verdict,
     VerdictKind,
 )
+
 from kedge_sim.adapter import Decision, ProbeRequest
 from kedge_sim.cluster import GROUP, NodeSample
 
@@ -74,28 +75,56 @@ class DiagnosisPolicyAdapter:
         nid = sample.node_id
         snaps = [
             RankSnapshot(
-                rank=r.rank, node_id=nid, local_rank=r.local_rank,
+                rank=r.rank,
+                node_id=nid,
+                local_rank=r.local_rank,
                 state=RankState.EXITED if r.state == "exited" else RankState.RUNNING,
-                step=r.step, step_time_s=r.step_time_s, proc_status=r.proc_status,
-                exit_code=r.exit_code, signal=r.signal, incarnation=self.incarnation,
-                groups={GROUP: GroupProgress(group=GROUP, last_enqueued_seq=r.last_enqueued_seq,
-                                             last_started_seq=r.last_started_seq,
-                                             last_completed_seq=r.last_completed_seq)},
+                step=r.step,
+                step_time_s=r.step_time_s,
+                proc_status=r.proc_status,
+                exit_code=r.exit_code,
+                signal=r.signal,
+                incarnation=self.incarnation,
+                groups={
+                    GROUP: GroupProgress(
+                        group=GROUP,
+                        last_enqueued_seq=r.last_enqueued_seq,
+                        last_started_seq=r.last_started_seq,
+                        last_completed_seq=r.last_completed_seq,
+                    )
+                },
             )
             for r in sample.ranks
         ]
         self.diagnoser.observe_ranks(now_s, snaps)
-        self.diagnoser.observe_steps(StepSample(rank=r, step=s, duration_s=d) for r, s, d, _ in sample.step_timings)
+        self.diagnoser.observe_steps(
+            StepSample(rank=r, step=s, duration_s=d) for r, s, d, _ in sample.step_timings
+        )
         self.diagnoser.observe_collectives(
-            CollectiveSample(rank=c.rank, group=GROUP, seq=c.seq, op="allreduce", step=c.step,
-                             duration_s=(c.complete_mono_ns - c.start_mono_ns) / 1e9)
+            CollectiveSample(
+                rank=c.rank,
+                group=GROUP,
+                seq=c.seq,
+                op="allreduce",
+                step=c.step,
+                duration_s=(c.complete_mono_ns - c.start_mono_ns) / 1e9,
+            )
             for c in sample.collectives
             if c.complete_mono_ns
         )
         for v in sample.verdicts:
-            self.pending.append(Verdict(kind=_AGENT_KINDS[v.kind], node_id=nid, rank=v.rank,
-                                        gpu_index=v.gpu_index, reason=v.reason, evidence=dict(v.evidence),
-                                        wall_time_ns=int(now_s * 1e9), incarnation=self.incarnation))
+            self.pending.append(
+                Verdict(
+                    kind=_AGENT_KINDS[v.kind],
+                    node_id=nid,
+                    rank=v.rank,
+                    gpu_index=v.gpu_index,
+                    reason=v.reason,
+                    evidence=dict(v.evidence),
+                    wall_time_ns=int(now_s * 1e9),
+                    incarnation=self.incarnation,
+                )
+            )
 
     def tick(self, now_s: float) -> list[Decision]:
         now_ns = int(now_s * 1e9)
@@ -104,14 +133,26 @@ class DiagnosisPolicyAdapter:
         if not verdicts:
             return []
         nodes = [policy.NodeView(node_id=n, state=s, nproc=self.nproc[n]) for n, s in self.node_state.items()]
-        state = policy.State(job_state=self.job_state, world_size=self.world_size, nodes=nodes,
-                             verdicts=verdicts, history=self.history)
+        state = policy.State(
+            job_state=self.job_state,
+            world_size=self.world_size,
+            nodes=nodes,
+            verdicts=verdicts,
+            history=self.history,
+        )
         action, reason = policy.decide(now_ns, state, self.policy_config)
         if action.kind is ActionKind.NONE:
             return []
-        self.history.append(ActionRecord(kind=action.kind, reason=reason, wall_time_ns=now_ns,
-                                         incarnation=self.incarnation, evidence=action.evidence,
-                                         nodes=action.isolate))
+        self.history.append(
+            ActionRecord(
+                kind=action.kind,
+                reason=reason,
+                wall_time_ns=now_ns,
+                incarnation=self.incarnation,
+                evidence=action.evidence,
+                nodes=action.isolate,
+            )
+        )
         if action.kind is not ActionKind.ALERT:
             self.job_state = JobState.RECOVERING  # the executor would now run the action
         return [_decision(now_s, action, reason)]
@@ -121,8 +162,15 @@ class DiagnosisPolicyAdapter:
         for nid, deadline in self.lease_deadline_s.items():
             if deadline < now_s and self.node_state[nid] is NodeState.ALIVE:
                 self.node_state[nid] = NodeState.LOST
-                out.append(Verdict(kind=VerdictKind.NODE_LOST, node_id=nid, reason=f"lease of {nid} expired",
-                                   wall_time_ns=int(now_s * 1e9), incarnation=self.incarnation))
+                out.append(
+                    Verdict(
+                        kind=VerdictKind.NODE_LOST,
+                        node_id=nid,
+                        reason=f"lease of {nid} expired",
+                        wall_time_ns=int(now_s * 1e9),
+                        incarnation=self.incarnation,
+                    )
+                )
         return out
 
     def probe_requests(self) -> list[ProbeRequest]:

@@ -142,8 +142,9 @@ class Run:
         self.adapter = adapter
         self.clock = VirtualClock(s.seed, announce=announce)
         self.nodes = s.gpus // s.gpus_per_node
-        self.cluster = Cluster(nodes=self.nodes, gpus_per_node=s.gpus_per_node, workload=s.workload,
-                               rng=self.clock.rng)
+        self.cluster = Cluster(
+            nodes=self.nodes, gpus_per_node=s.gpus_per_node, workload=s.workload, rng=self.clock.rng
+        )
         self.server = _Server(s.charge_cpu)
         self.messages: Counter[str] = Counter()
         self.decisions: list[Decision] = []
@@ -158,7 +159,9 @@ class Run:
         self.messages["register"] += self.nodes
         rng = self.clock.rng
         for n in range(self.nodes):
-            self.clock.every(s.report_interval_s, self._reporter(n), phase_s=float(rng.uniform(0, s.report_interval_s)))
+            self.clock.every(
+                s.report_interval_s, self._reporter(n), phase_s=float(rng.uniform(0, s.report_interval_s))
+            )
         self.clock.every(s.tick_interval_s, self._tick, phase_s=s.tick_interval_s)
         end_s = s.soak_s
         if s.fault is not None:
@@ -166,9 +169,16 @@ class Run:
             self.clock.at(s.fault_at_s, self._inject)
             end_s = s.fault_at_s + s.after_fault_s
         self.clock.run_until(end_s, stop=lambda: self.done)
-        return Result(scenario=s, fault=self.fault, decisions=self.decisions, messages=self.messages,
-                      coord_cpu_s=self.server.cpu_s, virtual_s=self.clock.now_s,
-                      wall_s=time.perf_counter() - wall0, max_lag_s=self.server.max_lag_s)
+        return Result(
+            scenario=s,
+            fault=self.fault,
+            decisions=self.decisions,
+            messages=self.messages,
+            coord_cpu_s=self.server.cpu_s,
+            virtual_s=self.clock.now_s,
+            wall_s=time.perf_counter() - wall0,
+            max_lag_s=self.server.max_lag_s,
+        )
 
     def _reporter(self, node: int) -> Callable[[float], None]:
         hb_every = max(1, round(self.s.heartbeat_interval_s / self.s.report_interval_s))
@@ -197,7 +207,9 @@ class Run:
         node = self.fault.node
         if self.cluster.has_urgent(node):  # the agent notices at its next poll and reports at once
             delay = float(self.clock.rng.uniform(0, self.s.agent_poll_s))
-            self.clock.after(delay, lambda t: self._send(node, t) if not self.cluster.node_lost[node] else None)
+            self.clock.after(
+                delay, lambda t: self._send(node, t) if not self.cluster.node_lost[node] else None
+            )
 
     def _tick(self, now_s: float) -> None:
         end_s, decisions = self.server.call(now_s, self.adapter.tick)
@@ -221,7 +233,9 @@ def _index(nid: str) -> int:
     return int(nid.rsplit("-", 1)[1])
 
 
-def probe_matrix(peers: list[str], cluster: Cluster, fault: Fault | None, rng: np.random.Generator) -> list[float]:
+def probe_matrix(
+    peers: list[str], cluster: Cluster, fault: Fault | None, rng: np.random.Generator
+) -> list[float]:
     """Ring-shift send/recv delays between `peers` from the ground truth: a degraded NIC makes its
     node's row and column slow, a dead link or node makes them time out; plus 5% noise."""
     n = len(peers)

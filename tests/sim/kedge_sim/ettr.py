@@ -42,7 +42,9 @@ def daly_interval_s(ckpt_cost_s: float, mtbf_s: float) -> float:
     return math.sqrt(2.0 * ckpt_cost_s * mtbf_s) - ckpt_cost_s
 
 
-def analytic_ettr(*, mtbf_s: float, ckpt_cost_s: float, downtime: Downtime, interval_s: float | None = None) -> float:
+def analytic_ettr(
+    *, mtbf_s: float, ckpt_cost_s: float, downtime: Downtime, interval_s: float | None = None
+) -> float:
     """First-order ETTR with the interval given or Daly-optimal."""
     tau = interval_s if interval_s is not None else daly_interval_s(ckpt_cost_s, mtbf_s)
     waste = ckpt_cost_s / (tau + ckpt_cost_s) + (downtime.total_s + tau / 2.0) / mtbf_s
