@@ -64,28 +64,124 @@ def coordinator() -> None:
 
 
 @coordinator.command("serve")
-@click.option("--listen", default="127.0.0.1:7070", show_default=True, help="gRPC address to listen on.")
+@click.option(
+    "--listen",
+    default="127.0.0.1:7070",
+    show_default=True,
+    envvar="KEDGE_COORDINATOR_LISTEN",
+    help="gRPC address to listen on (port 0: any free port, printed on start).",
+)
 @click.option(
     "--store",
-    default="sqlite:///kedge-coordinator.db",
+    default="sqlite://kedge-coordinator.db",
     show_default=True,
-    help="State store: sqlite:///PATH or etcd://HOST:PORT[,HOST:PORT...].",
+    envvar="KEDGE_COORDINATOR_STORE",
+    help="State store: sqlite:///ABS/PATH, sqlite://REL/PATH or etcd://HOST:PORT[,HOST:PORT...].",
 )
-def coordinator_serve(listen: str, store: str) -> None:
-    """Serve the coordinator's agent and admin gRPC services."""
-    not_implemented("coordinator serve")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    envvar="KEDGE_COORDINATOR_CONFIG",
+    help="TOML file with [coordinator], [diagnosis], [policy], [executor] tables.",
+)
+@click.option(
+    "--lease-ttl-s",
+    type=float,
+    envvar="KEDGE_COORDINATOR_LEASE_TTL_S",
+    help="Seconds without heartbeat before a node is lost.",
+)
+@click.option(
+    "--min-nodes",
+    type=int,
+    envvar="KEDGE_COORDINATOR_MIN_NODES",
+    help="Nodes that must register before a job starts.",
+)
+@click.option(
+    "--master-port",
+    type=int,
+    envvar="KEDGE_COORDINATOR_MASTER_PORT",
+    help="Rendezvous port on rank 0's node (0: a free port of this host, single-host only).",
+)
+@click.option(
+    "--min-world-size",
+    type=int,
+    envvar="KEDGE_COORDINATOR_MIN_WORLD_SIZE",
+    help="A shrink never goes below this many ranks.",
+)
+@click.option(
+    "--world-multiple",
+    type=int,
+    envvar="KEDGE_COORDINATOR_WORLD_MULTIPLE",
+    help="World sizes are a multiple of this (tensor x pipeline parallel).",
+)
+@click.option(
+    "--restart-budget",
+    type=int,
+    envvar="KEDGE_COORDINATOR_RESTART_BUDGET",
+    help="Recoveries allowed per budget window before the job is stopped.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log every event, not only verdicts and actions.")
+def coordinator_serve(
+    listen: str,
+    store: str,
+    config_file: str | None,
+    lease_ttl_s: float | None,
+    min_nodes: int | None,
+    master_port: int | None,
+    min_world_size: int | None,
+    world_multiple: int | None,
+    restart_budget: int | None,
+    verbose: bool,
+) -> None:
+    """Serve the coordinator's agent and admin gRPC services until SIGTERM or Ctrl-C."""
+    from kedge.coordinator.serve_cmd import run_server
+
+    overrides = {
+        "lease_ttl_s": lease_ttl_s,
+        "start_min_nodes": min_nodes,
+        "executor.master_port": master_port,
+        "policy.min_world_size": min_world_size,
+        "policy.world_multiple": world_multiple,
+        "policy.restart_budget": restart_budget,
+    }
+    sys.exit(run_server(listen, store, config_file, overrides, verbose))
 
 
 @main.command()
-@click.option("--coordinator", "coordinator_addr", default="127.0.0.1:7070", show_default=True)
+@click.option(
+    "--coordinator",
+    "coordinator_addr",
+    default="127.0.0.1:7070",
+    show_default=True,
+    envvar="KEDGE_COORDINATOR",
+)
+@click.option("--job", "job_id", default="", help="Only this job.")
+@click.option("--recent", default=10, show_default=True, help="Recent diagnoses and actions to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-def status(coordinator_addr: str, as_json: bool) -> None:
+def status(coordinator_addr: str, job_id: str, recent: int, as_json: bool) -> None:
     """Show jobs, nodes, ranks (step, step time, state), recent diagnoses and actions."""
-    not_implemented("status")
+    import json
+
+    from kedge.coordinator.admin_client import get_status
+    from kedge.coordinator.errors import CoordinatorUnreachable
+    from kedge.coordinator.status_view import render
+
+    try:
+        result = get_status(coordinator_addr, job_id, recent)
+    except CoordinatorUnreachable as exc:
+        click.echo(f"kedge status: {exc}", err=True)
+        sys.exit(2)
+    click.echo(json.dumps(result, indent=2) if as_json else render(result))
 
 
 @main.command()
-def demo() -> None:
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    help="Keep logs and checkpoints here (default: a temp dir).",
+)
+def demo(workdir: str | None) -> None:
     """Run the end-to-end demo: coordinator, two agents, a small training job, injected faults,
     detection, recovery and a resharded resume."""
     not_implemented("demo")

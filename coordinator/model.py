@@ -179,3 +179,111 @@ class StepSample:
     rank: int
     step: int
     duration_s: float
+
+
+# --- messages between the core and its transport (the server converts these to and from protobuf) ---
+
+
+@dataclass(kw_only=True, slots=True)
+class NodeRegistration:
+    """An agent's registration of its node for a job."""
+
+    job_id: str
+    node_id: str
+    hostname: str = ""
+    address: str = ""
+    nproc: int = 0
+    gpus: int = 0
+    spare: bool = False
+    known_incarnation: int = 0
+    command: list[str] = field(default_factory=list)
+
+
+@dataclass(kw_only=True, slots=True)
+class RegisterAnswer:
+    """The coordinator's answer to a registration."""
+
+    accepted: bool
+    reason: str = ""
+    lease_ttl_s: float = 0.0
+    heartbeat_interval_s: float = 0.0
+    incarnation: int = 0
+
+
+@dataclass(kw_only=True, slots=True)
+class ProbeData:
+    """(Part of) a probe's source x destination delay matrix; negative cells were not measured."""
+
+    command_id: str
+    peers: list[str]
+    delay_s: list[float]
+
+
+@dataclass(kw_only=True, slots=True)
+class NodeReportData:
+    """One report from an agent: verdicts at once, summaries periodically."""
+
+    job_id: str
+    node_id: str
+    incarnation: int = 0
+    wall_time_ns: int = 0
+    verdicts: list[Verdict] = field(default_factory=list)
+    ranks: list[RankSnapshot] = field(default_factory=list)
+    collectives: list[CollectiveSample] = field(default_factory=list)
+    steps: list[StepSample] = field(default_factory=list)
+    probe: ProbeData | None = None
+
+
+@dataclass(kw_only=True, slots=True)
+class StartWorkersBody:
+    """Start this node's workers of a new incarnation."""
+
+    world_size: int
+    master_addr: str
+    master_port: int
+    workers: list[tuple[int, int]]  # (rank, local_rank)
+    restore_step: int = -1  # -1: latest committed; -2: none
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True, slots=True)
+class StopWorkersBody:
+    """Stop this node's workers: abort, SIGTERM, SIGKILL after grace. `final`: the job is over."""
+
+    grace_s: float
+    reason: str = ""
+    final: bool = False
+    exit_code: int = 0
+
+
+@dataclass(kw_only=True, slots=True)
+class RunProbeBody:
+    """Run the pairwise ring-shift probe with these peers (node ids in ring order)."""
+
+    peers: list[str]
+    size_bytes: int = 1 << 20
+    repeats: int = 3
+    master_addr: str = ""
+    master_port: int = 0
+
+
+@dataclass(kw_only=True, slots=True)
+class CommandData:
+    """A command for one node; `incarnation` is the fencing token the agent checks."""
+
+    command_id: str
+    job_id: str
+    incarnation: int
+    body: StartWorkersBody | StopWorkersBody | RunProbeBody
+
+
+@dataclass(kw_only=True, slots=True)
+class CommandOutcome:
+    """An agent's report that a command finished."""
+
+    command_id: str
+    job_id: str
+    node_id: str
+    incarnation: int
+    ok: bool
+    reason: str = ""

@@ -65,7 +65,7 @@ class GroupProgress(_message.Message):
     def __init__(self, group: _Optional[str] = ..., last_enqueued_seq: _Optional[int] = ..., last_started_seq: _Optional[int] = ..., last_completed_seq: _Optional[int] = ..., enqueued_mono_ns: _Optional[int] = ..., started_mono_ns: _Optional[int] = ..., completed_mono_ns: _Optional[int] = ...) -> None: ...
 
 class CollectiveRecord(_message.Message):
-    __slots__ = ("group", "seq", "op", "size_bytes", "enqueue_mono_ns", "start_mono_ns", "complete_mono_ns", "state", "step")
+    __slots__ = ("group", "seq", "op", "size_bytes", "enqueue_mono_ns", "start_mono_ns", "complete_mono_ns", "state", "step", "rank")
     GROUP_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     OP_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +75,7 @@ class CollectiveRecord(_message.Message):
     COMPLETE_MONO_NS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
     group: str
     seq: int
     op: str
@@ -84,7 +85,8 @@ class CollectiveRecord(_message.Message):
     complete_mono_ns: int
     state: str
     step: int
-    def __init__(self, group: _Optional[str] = ..., seq: _Optional[int] = ..., op: _Optional[str] = ..., size_bytes: _Optional[int] = ..., enqueue_mono_ns: _Optional[int] = ..., start_mono_ns: _Optional[int] = ..., complete_mono_ns: _Optional[int] = ..., state: _Optional[str] = ..., step: _Optional[int] = ...) -> None: ...
+    rank: int
+    def __init__(self, group: _Optional[str] = ..., seq: _Optional[int] = ..., op: _Optional[str] = ..., size_bytes: _Optional[int] = ..., enqueue_mono_ns: _Optional[int] = ..., start_mono_ns: _Optional[int] = ..., complete_mono_ns: _Optional[int] = ..., state: _Optional[str] = ..., step: _Optional[int] = ..., rank: _Optional[int] = ...) -> None: ...
 
 class RankStatus(_message.Message):
     __slots__ = ("rank", "local_rank", "pid", "state", "step", "step_time_s", "heartbeat_mono_ns", "rss_bytes", "proc_status", "exit_code", "signal", "groups", "incarnation")

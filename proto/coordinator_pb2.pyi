@@ -124,12 +124,16 @@ class StartWorkers(_message.Message):
     def __init__(self, world_size: _Optional[int] = ..., master_addr: _Optional[str] = ..., master_port: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[_common_pb2.WorkerSpec, _Mapping]]] = ..., restore_step: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class StopWorkers(_message.Message):
-    __slots__ = ("grace_s", "reason")
+    __slots__ = ("grace_s", "reason", "final", "exit_code")
     GRACE_S_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     grace_s: float
     reason: str
-    def __init__(self, grace_s: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
+    final: bool
+    exit_code: int
+    def __init__(self, grace_s: _Optional[float] = ..., reason: _Optional[str] = ..., final: bool = ..., exit_code: _Optional[int] = ...) -> None: ...
 
 class RunProbe(_message.Message):
     __slots__ = ("peers", "size_bytes", "repeats", "master_addr", "master_port")
