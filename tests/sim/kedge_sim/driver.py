@@ -50,12 +50,18 @@ class Scenario:
     """Agents' periodic summary interval."""
     heartbeat_interval_s: float = 1.0
     """Agents' lease renewal interval."""
-    tick_interval_s: float = 1.0
-    """Coordinator's diagnosis/policy period."""
+    tick_interval_s: float = 0.25
+    """Coordinator's diagnosis/policy period (the core's default tick)."""
+    job_start_s: float = 3.0
+    """When the workers start training (after registration and the start command)."""
     agent_poll_s: float = 0.5
     """Agents notice a process exit or an XID within this (then report at once)."""
     probe_s: float = 2.0
     """Time an agent needs to run the pairwise probe."""
+    stop_s: float = 1.0
+    """Time an agent needs to stop its workers (abort, SIGTERM) and confirm."""
+    start_s: float = 2.0
+    """Time an agent needs to launch its workers and confirm."""
     charge_cpu: bool = True
     """Queue coordinator calls behind its measured CPU time (see module docstring)."""
     stop_at_first_recovery: bool = True
@@ -75,6 +81,7 @@ class Result:
     wall_s: float
     max_lag_s: float
     first_verdict_s: float | None = None
+    recovered_s: float | None = None  # decision -> job RUNNING again (control plane; CoreAdapter)
 
     @property
     def first_action(self) -> Decision | None:
@@ -143,13 +150,15 @@ class Run:
         self.clock = VirtualClock(s.seed, announce=announce)
         self.nodes = s.gpus // s.gpus_per_node
         self.cluster = Cluster(
-            nodes=self.nodes, gpus_per_node=s.gpus_per_node, workload=s.workload, rng=self.clock.rng
+            nodes=self.nodes, gpus_per_node=s.gpus_per_node, workload=s.workload, rng=self.clock.rng,
+            start_s=s.job_start_s,
         )
         self.server = _Server(s.charge_cpu)
         self.messages: Counter[str] = Counter()
         self.decisions: list[Decision] = []
         self.fault: Fault | None = None
         self.done = False
+        self.recovered_s: float | None = None
 
     def run(self) -> Result:
         wall0 = time.perf_counter()
@@ -178,6 +187,7 @@ class Run:
             virtual_s=self.clock.now_s,
             wall_s=time.perf_counter() - wall0,
             max_lag_s=self.server.max_lag_s,
+            recovered_s=self.recovered_s,
         )
 
     def _reporter(self, node: int) -> Callable[[float], None]:
@@ -217,10 +227,57 @@ class Run:
         for d in decisions:
             d.at_s = end_s
             self.decisions.append(d)
-            if d.action in RECOVERY_ACTIONS and self.s.stop_at_first_recovery:
+            if d.action in RECOVERY_ACTIONS and self.s.stop_at_first_recovery and not self._commands:
                 self.done = True
+        if self._commands:
+            self._pump(end_s)
+            self._check_recovered()
         for req in self.adapter.probe_requests():
             self.clock.after(self.s.probe_s, lambda t, r=req: self._answer_probe(t, r))
+
+    @property
+    def _commands(self) -> bool:
+        return hasattr(self.adapter, "commands")
+
+    def _check_recovered(self) -> None:
+        running = getattr(self.adapter, "running_at_s", [])
+        first = next((d for d in self.decisions if d.action in RECOVERY_ACTIONS), None)
+        if first is None or not running or running[-1][1] <= 1:
+            return
+        if running[-1][0] >= first.at_s:
+            self.recovered_s = running[-1][0] - first.at_s
+            if self.s.stop_at_first_recovery:
+                self.done = True
+
+    def _pump(self, now_s: float) -> None:
+        """Schedules the simulated agents' answers to the commands the coordinator queued."""
+        from kedge_sim.core_adapter import is_probe  # only the core adapter sends commands
+
+        adapter = self.adapter
+        for cmd in adapter.commands():  # type: ignore[attr-defined]
+            self.messages["command"] += 1
+            node = _index(cmd.node_id)
+            body = cmd.command.body
+            kind = type(body).__name__
+            delay = self.s.probe_s if is_probe(cmd.command) else self.s.start_s if "Start" in kind else self.s.stop_s
+            self.clock.at(now_s + delay, lambda t, c=cmd, n=node: self._answer(t, c, n))
+
+    def _answer(self, now_s: float, cmd: object, node: int) -> None:
+        from kedge_sim.core_adapter import AgentCommand, is_probe
+
+        assert isinstance(cmd, AgentCommand)
+        if self.cluster.node_lost[node]:
+            return
+        adapter = self.adapter
+        if is_probe(cmd.command):
+            peers = cmd.command.body.peers  # type: ignore[union-attr]
+            matrix = probe_matrix(peers, self.cluster, self.fault, self.clock.rng)
+            self.server.call(now_s, lambda t: adapter.probe_answer(t, cmd.node_id, cmd.command, peers, matrix))  # type: ignore[attr-defined]
+            self.messages["probe_result"] += 1
+        end_s, _ = self.server.call(now_s, lambda t: adapter.command_done(t, cmd.node_id, cmd.command))  # type: ignore[attr-defined]
+        self.messages["command_done"] += 1
+        self._pump(end_s)
+        self._check_recovered()
 
     def _answer_probe(self, now_s: float, req: ProbeRequest) -> None:
         matrix = probe_matrix(req.peers, self.cluster, self.fault, self.clock.rng)
