@@ -12,6 +12,7 @@ ETTR table under Llama-3 failure rates (kedge's measured detection vs plain PyTo
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kedge_sim import rates
-from kedge_sim.diagnosis_adapter import DiagnosisPolicyAdapter
+from kedge_sim.core_adapter import CoreAdapter
 from kedge_sim.driver import Run, Scenario
 from kedge_sim.faults import FaultKind
 from kedge_sim.report import (
@@ -50,6 +51,7 @@ def main() -> int:
         "--ckpt-cost-s", type=float, default=10.0, help="blocking time per checkpoint (both sides)"
     )
     args = p.parse_args()
+    logging.disable(logging.WARNING)  # the core logs every verdict and action: noise at 12,500 nodes
     try:
         sizes = [int(x) for x in args.gpus.split(",")]
         kinds = [FaultKind(k) for k in args.kinds.split(",") if k]
@@ -65,16 +67,20 @@ def main() -> int:
             sc = Scenario(
                 gpus=gpus, seed=args.seed, fault=kind, soak_s=args.soak_s, fault_at_s=args.fault_at_s
             )
-            r = Run(sc, DiagnosisPolicyAdapter(), announce=False).run()
+            adapter = CoreAdapter()
+            try:
+                r = Run(sc, adapter, announce=False).run()
+            finally:
+                adapter.close()
             results[kind.value if kind else "none"] = r
             print(
                 f"  {gpus:>7,} GPUs {kind.value if kind else 'no fault':<12} virtual {r.virtual_s:6.1f}s "
                 f"wall {r.wall_s:6.1f}s coord cpu {r.coord_cpu_s:6.2f}s latency {r.latency_s} "
-                f"correct {r.correct} false {r.false_actions}",
+                f"correct {r.correct} false {r.false_actions} recovered {r.recovered_s} lag {r.max_lag_s:.2f}",
                 flush=True,
             )
         summaries.append(SizeSummary(gpus=gpus, results=results))
-    print("\n## Scale (no-fault run, coordinator = diagnosis + policy behind the adapter)\n")
+    print("\n## Scale (no-fault run; coordinator = kedge.coordinator.core.CoordinatorCore, SQLite store)\n")
     print(scale_table(summaries))
     if args.memory:
         print("\n| GPUs | coordinator memory at T/2 | at T | growth per sim s |\n|---:|---:|---:|---:|")
@@ -93,7 +99,7 @@ def print_ettr(summaries: list[SizeSummary], args: argparse.Namespace) -> None:
     rate = rates.llama3_failures_per_gpu_hour()
     print(
         f"\n## ETTR under Llama-3 rates ({rate * 1e6:.3f} failures per 1M GPU-hours), checkpoint cost "
-        f"{args.ckpt_cost_s:.0f}s, Daly interval, restart {args.restart_s:.0f}s\n"
+        f"{args.ckpt_cost_s:.0f}s, Daly interval, restart {args.restart_s:.0f}s (both sides)\n"
     )
     print(
         "| GPUs | job MTBF h | manual diagnosis min | kedge mean downtime s | kedge ETTR | "
@@ -102,20 +108,31 @@ def print_ettr(summaries: list[SizeSummary], args: argparse.Namespace) -> None:
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for s in summaries:
         for manual_min in (30, 60):
-            kedge, base = per_kind_downtime_s(
-                s.results,
-                restart_s=args.restart_s,
-                manual_s=manual_min * 60.0,
-                operator_s=600.0,
-                nccl_timeout_s=600.0,
-            )
-            mtbf, k_ettr, b_ettr, k_down, b_down = ettr_rows(
-                s.gpus, kedge, base, ckpt_cost_s=args.ckpt_cost_s, failures_per_gpu_hour=rate, seed=args.seed
-            )
+            row = _ettr(s, args.restart_s, args.ckpt_cost_s, manual_min, rate, args.seed)
             print(
-                f"| {s.gpus:,} | {mtbf / 3600:.2f} | {manual_min} | {k_down:.0f} | {k_ettr:.1%} | "
-                f"{b_down:.0f} | {b_ettr:.1%} |"
+                f"| {s.gpus:,} | {row[0] / 3600:.2f} | {manual_min} | {row[3]:.0f} | {row[1]:.1%} | "
+                f"{row[4]:.0f} | {row[2]:.1%} |"
             )
+    for s in summaries:
+        print(f"\nSensitivity at {s.gpus:,} GPUs (manual diagnosis 45 min): kedge ETTR / PyTorch ETTR\n")
+        costs = (2.0, 10.0, 30.0)
+        print("| restart s | " + " | ".join(f"ckpt cost {c:.0f}s" for c in costs) + " |")
+        print("|---:|" + "---:|" * len(costs))
+        for restart in (30.0, 120.0, 300.0):
+            cells = []
+            for cost in costs:
+                row = _ettr(s, restart, cost, 45, rate, args.seed)
+                cells.append(f"{row[1]:.1%} / {row[2]:.1%}")
+            print(f"| {restart:.0f} | " + " | ".join(cells) + " |")
+
+
+def _ettr(
+    s: SizeSummary, restart_s: float, ckpt_cost_s: float, manual_min: float, rate: float, seed: int
+) -> tuple[float, float, float, float, float]:
+    kedge, base = per_kind_downtime_s(
+        s.results, restart_s=restart_s, manual_s=manual_min * 60.0, operator_s=600.0, nccl_timeout_s=600.0
+    )
+    return ettr_rows(s.gpus, kedge, base, ckpt_cost_s=ckpt_cost_s, failures_per_gpu_hour=rate, seed=seed)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from kedge.coordinator.model import (
     VerdictKind,
 )
 from kedge.coordinator.sqlite_store import SqliteStore
+
 from kedge_sim.adapter import Decision, ProbeRequest
 from kedge_sim.cluster import GROUP, NodeSample
 
@@ -111,23 +112,34 @@ class CoreAdapter:
         if isinstance(command.body, StartWorkersBody):
             self.incarnation[node_id] = command.incarnation
         self.core.command_done(
-            CommandOutcome(command_id=command.command_id, job_id=JOB, node_id=node_id,
-                           incarnation=command.incarnation, ok=ok)
+            CommandOutcome(
+                command_id=command.command_id,
+                job_id=JOB,
+                node_id=node_id,
+                incarnation=command.incarnation,
+                ok=ok,
+            )
         )
 
-    def probe_answer(self, now_s: float, node_id: str, command: CommandData, peers: list[str],
-                     delay_s: list[float]) -> None:
+    def probe_answer(
+        self, now_s: float, node_id: str, command: CommandData, peers: list[str], delay_s: list[float]
+    ) -> None:
         self.clock.now_s = now_s
         probe = ProbeData(command_id=command.command_id, peers=peers, delay_s=delay_s)
-        self.core.report(NodeReportData(job_id=JOB, node_id=node_id,
-                                        incarnation=self.incarnation.get(node_id, 0), probe=probe))
+        self.core.report(
+            NodeReportData(
+                job_id=JOB, node_id=node_id, incarnation=self.incarnation.get(node_id, 0), probe=probe
+            )
+        )
 
     def tick(self, now_s: float) -> list[Decision]:
         self.clock.now_s = now_s
         self.core.tick()
         job = self.store.get_job(JOB)
-        if job is not None and job.state.value == "running" and (
-            not self.running_at_s or self.running_at_s[-1][1] != job.incarnation
+        if (
+            job is not None
+            and job.state.value == "running"
+            and (not self.running_at_s or self.running_at_s[-1][1] != job.incarnation)
         ):
             self.running_at_s.append((now_s, job.incarnation))
         return self._new_decisions(now_s)
@@ -157,29 +169,56 @@ class CoreAdapter:
         inc = self.incarnation.get(nid, 0)
         ranks = [
             RankSnapshot(
-                rank=r.rank, node_id=nid, local_rank=r.local_rank,
+                rank=r.rank,
+                node_id=nid,
+                local_rank=r.local_rank,
                 state=RankState.EXITED if r.state == "exited" else RankState.RUNNING,
-                step=r.step, step_time_s=r.step_time_s, proc_status=r.proc_status,
-                exit_code=r.exit_code, signal=r.signal, incarnation=inc,
-                groups={GROUP: GroupProgress(group=GROUP, last_enqueued_seq=r.last_enqueued_seq,
-                                             last_started_seq=r.last_started_seq,
-                                             last_completed_seq=r.last_completed_seq)},
+                step=r.step,
+                step_time_s=r.step_time_s,
+                proc_status=r.proc_status,
+                exit_code=r.exit_code,
+                signal=r.signal,
+                incarnation=inc,
+                groups={
+                    GROUP: GroupProgress(
+                        group=GROUP,
+                        last_enqueued_seq=r.last_enqueued_seq,
+                        last_started_seq=r.last_started_seq,
+                        last_completed_seq=r.last_completed_seq,
+                    )
+                },
             )
             for r in sample.ranks
         ]
         return NodeReportData(
-            job_id=JOB, node_id=nid, incarnation=inc, wall_time_ns=_WALL_BASE_NS + sample.wall_time_ns,
+            job_id=JOB,
+            node_id=nid,
+            incarnation=inc,
+            wall_time_ns=_WALL_BASE_NS + sample.wall_time_ns,
             ranks=ranks,
             steps=[StepSample(rank=r, step=s, duration_s=d) for r, s, d, _ in sample.step_timings],
             collectives=[
-                CollectiveSample(rank=c.rank, group=GROUP, seq=c.seq, op="allreduce", step=c.step,
-                                 duration_s=(c.complete_mono_ns - c.start_mono_ns) / 1e9)
+                CollectiveSample(
+                    rank=c.rank,
+                    group=GROUP,
+                    seq=c.seq,
+                    op="allreduce",
+                    step=c.step,
+                    duration_s=(c.complete_mono_ns - c.start_mono_ns) / 1e9,
+                )
                 for c in sample.collectives
                 if c.complete_mono_ns
             ],
             verdicts=[
-                Verdict(kind=_AGENT_KINDS[v.kind], node_id=nid, rank=v.rank, gpu_index=v.gpu_index,
-                        reason=v.reason, evidence=dict(v.evidence), incarnation=inc)
+                Verdict(
+                    kind=_AGENT_KINDS[v.kind],
+                    node_id=nid,
+                    rank=v.rank,
+                    gpu_index=v.gpu_index,
+                    reason=v.reason,
+                    evidence=dict(v.evidence),
+                    incarnation=inc,
+                )
                 for v in sample.verdicts
             ],
         )

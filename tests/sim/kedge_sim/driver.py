@@ -85,11 +85,13 @@ class Result:
 
     @property
     def first_action(self) -> Decision | None:
-        return next((d for d in self.decisions if d.action != "none"), None)
+        """The first action naming a culprit node, else the first action at all."""
+        acts = [d for d in self.decisions if d.action != "none"]
+        return next((d for d in acts if d.culprit_nodes or d.nodes), acts[0] if acts else None)
 
     @property
     def latency_s(self) -> float | None:
-        """Fault -> first action (alert or recovery) naming a culprit."""
+        """Fault -> first action (alert or recovery) naming a culprit node (else the first action)."""
         act = self.first_action
         if self.fault is None or act is None:
             return None
@@ -150,7 +152,10 @@ class Run:
         self.clock = VirtualClock(s.seed, announce=announce)
         self.nodes = s.gpus // s.gpus_per_node
         self.cluster = Cluster(
-            nodes=self.nodes, gpus_per_node=s.gpus_per_node, workload=s.workload, rng=self.clock.rng,
+            nodes=self.nodes,
+            gpus_per_node=s.gpus_per_node,
+            workload=s.workload,
+            rng=self.clock.rng,
             start_s=s.job_start_s,
         )
         self.server = _Server(s.charge_cpu)
@@ -259,7 +264,13 @@ class Run:
             node = _index(cmd.node_id)
             body = cmd.command.body
             kind = type(body).__name__
-            delay = self.s.probe_s if is_probe(cmd.command) else self.s.start_s if "Start" in kind else self.s.stop_s
+            delay = (
+                self.s.probe_s
+                if is_probe(cmd.command)
+                else self.s.start_s
+                if "Start" in kind
+                else self.s.stop_s
+            )
             self.clock.at(now_s + delay, lambda t, c=cmd, n=node: self._answer(t, c, n))
 
     def _answer(self, now_s: float, cmd: object, node: int) -> None:
@@ -272,7 +283,9 @@ class Run:
         if is_probe(cmd.command):
             peers = cmd.command.body.peers  # type: ignore[union-attr]
             matrix = probe_matrix(peers, self.cluster, self.fault, self.clock.rng)
-            self.server.call(now_s, lambda t: adapter.probe_answer(t, cmd.node_id, cmd.command, peers, matrix))  # type: ignore[attr-defined]
+            self.server.call(
+                now_s, lambda t: adapter.probe_answer(t, cmd.node_id, cmd.command, peers, matrix)
+            )  # type: ignore[attr-defined]
             self.messages["probe_result"] += 1
         end_s, _ = self.server.call(now_s, lambda t: adapter.command_done(t, cmd.node_id, cmd.command))  # type: ignore[attr-defined]
         self.messages["command_done"] += 1

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kedge_sim import ettr, rates
-from kedge_sim.diagnosis_adapter import DiagnosisPolicyAdapter
+from kedge_sim.core_adapter import CoreAdapter
 from kedge_sim.driver import Result, Run, Scenario
 from kedge_sim.faults import FaultKind
 
@@ -31,24 +31,22 @@ def coordinator_memory_bytes(gpus: int, seed: int, soak_s: float) -> tuple[int, 
     """Memory held by coordinator code (and the adapter standing in for its wire decoding) after
     soak_s/2 and soak_s virtual seconds of a no-fault run, by tracemalloc (a separate, slower run)."""
     half: list[int] = []
-    filters = [tracemalloc.Filter(True, "*/coordinator/*"), tracemalloc.Filter(True, "*diagnosis_adapter.py")]
+    filters = [tracemalloc.Filter(True, "*/coordinator/*"), tracemalloc.Filter(True, "*core_adapter.py")]
 
     def held() -> int:
         snap = tracemalloc.take_snapshot().filter_traces(filters)
         return sum(s.size for s in snap.statistics("filename"))
 
     tracemalloc.start()
+    adapter = CoreAdapter()
     try:
-        run = Run(
-            Scenario(gpus=gpus, seed=seed, soak_s=soak_s, charge_cpu=False),
-            DiagnosisPolicyAdapter(),
-            announce=False,
-        )
+        run = Run(Scenario(gpus=gpus, seed=seed, soak_s=soak_s, charge_cpu=False), adapter, announce=False)
         run.clock.at(soak_s / 2, lambda _t: half.append(held()))
         run.run()
         return half[0], held()
     finally:
         tracemalloc.stop()
+        adapter.close()
 
 
 @dataclass(kw_only=True, slots=True)
@@ -78,7 +76,11 @@ def scale_table(summaries: list[SizeSummary]) -> str:
 def diagnosis_table(summaries: list[SizeSummary]) -> str:
     kinds = [k for k in summaries[0].results if k != "none"]
     head = (
-        "| fault | " + " | ".join(f"{s.gpus:,} GPUs: latency s / culprit / action" for s in summaries) + " |"
+        "| fault | "
+        + " | ".join(
+            f"{s.gpus:,} GPUs: latency s / culprit / action / control-plane recovery s" for s in summaries
+        )
+        + " |"
     )
     lines = [head, "|---|" + "---|" * len(summaries)]
     for kind in kinds:
@@ -88,8 +90,9 @@ def diagnosis_table(summaries: list[SizeSummary]) -> str:
             act = r.first_action
             lat = f"{r.latency_s:.1f}" if r.latency_s is not None else "-"
             ok = {True: "right", False: "wrong" if act else "none", None: "-"}[r.correct]
+            rec = f" / {r.recovered_s:.1f}" if r.recovered_s is not None else ""
             cells.append(
-                f"{lat} / {ok} / {act.action if act else 'none'}"
+                f"{lat} / {ok} / {act.action if act else 'none'}{rec}"
                 + (f" ({r.false_actions} false)" if r.false_actions else "")
             )
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
