@@ -17,8 +17,8 @@ GPUS = 1024
 SEED = 20261122
 
 
-def _run(fault: FaultKind | None, *, seed: int = SEED, soak_s: float = 120.0) -> Result:
-    scenario = Scenario(gpus=GPUS, seed=seed, fault=fault, charge_cpu=False, soak_s=soak_s)
+def _run(fault: FaultKind | None, *, seed: int = SEED, fault_at_s: float = 50.0) -> Result:
+    scenario = Scenario(gpus=GPUS, seed=seed, fault=fault, charge_cpu=False, fault_at_s=fault_at_s)
     return _drive(scenario)
 
 
@@ -65,7 +65,10 @@ def test_no_fault_soak_takes_no_action() -> None:
 
 @pytest.mark.timeout(240)
 def test_same_seed_replays_the_same_run() -> None:
-    a, b = _run(FaultKind.NODE_LOSS, seed=5), _run(FaultKind.NODE_LOSS, seed=5)
+    a, b = (
+        _run(FaultKind.NODE_LOSS, seed=5, fault_at_s=15.0),
+        _run(FaultKind.NODE_LOSS, seed=5, fault_at_s=15.0),
+    )
     assert a.fault == b.fault
     assert [(d.at_s, d.action, d.reason) for d in a.decisions] == [
         (d.at_s, d.action, d.reason) for d in b.decisions
