@@ -184,4 +184,10 @@ def status(coordinator_addr: str, job_id: str, recent: int, as_json: bool) -> No
 def demo(workdir: str | None) -> None:
     """Run the end-to-end demo: coordinator, two agents, a small training job, injected faults,
     detection, recovery and a resharded resume."""
-    not_implemented("demo")
+    import logging
+    from pathlib import Path
+
+    from kedge.coordinator.demo import run_demo
+
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s %(message)s")
+    sys.exit(run_demo(Path(workdir) if workdir else None, echo=click.echo))

@@ -42,6 +42,10 @@ from kedge.coordinator.store import Store
 log = logging.getLogger(__name__)
 
 RANK_VERDICTS = frozenset({VerdictKind.RANK_DIED, VerdictKind.RANK_FROZEN, VerdictKind.RANK_EXITED_OK})
+STOPPED_STATES = ("stopped", "tracing-stop")
+"""Process states that make an agent's frozen verdict certain on its own (SIGSTOP, ptrace)."""
+SEEN_VERDICTS = 4096
+"""Agent verdict identities remembered for de-duplication (agents resend after a broken stream)."""
 
 
 @dataclass(kw_only=True, slots=True)
@@ -204,13 +208,24 @@ class CoordinatorCore:
         rt.diagnoser.observe_ranks(now, own)
         rt.diagnoser.observe_steps(rep.steps)
         rt.diagnoser.observe_collectives(rep.collectives)
-        if rt.resume_pending and (rep.steps or any(s.step_time_s > 0 for s in own)):
+        # a rank of the new world finished a step (step samples in the report may predate the restart)
+        done = [
+            s.step for s in own if s.incarnation == rt.job.incarnation and s.step >= 0 and s.step_time_s > 0
+        ]
+        if rt.resume_pending and done:
             rt.resume_pending = False
-            step = max([s.step for s in rep.steps] + [s.step for s in own])
-            self._event(rt, "resumed", f"first step after start: {step} (incarnation {rt.job.incarnation})")
+            self._event(
+                rt, "resumed", f"first step after start: {max(done)} (incarnation {rt.job.incarnation})"
+            )
 
     def _take_agent_verdict(self, rt: JobRuntime, node_id: str, v: Verdict) -> None:
         v.node_id = v.node_id or node_id
+        identity = (v.node_id, v.rank, int(v.kind), v.wall_time_ns)
+        if v.wall_time_ns and identity in rt.seen_verdicts:
+            return  # delivered again after a reconnect
+        rt.seen_verdicts[identity] = None
+        while len(rt.seen_verdicts) > SEEN_VERDICTS:
+            del rt.seen_verdicts[next(iter(rt.seen_verdicts))]
         if v.kind in RANK_VERDICTS and v.incarnation not in (0, rt.job.incarnation):
             return  # about workers of an older world
         if rt.recovery is not None and v.kind in RANK_VERDICTS:
@@ -222,6 +237,15 @@ class CoordinatorCore:
             return
         v.wall_time_ns = v.wall_time_ns or self.clock.wall_ns()
         v.incarnation = rt.job.incarnation
+        if v.kind is VerdictKind.RANK_FROZEN and v.evidence.get("proc_status") not in STOPPED_STATES:
+            # From one node a rank waiting for a frozen peer looks frozen too: the culprit is the
+            # rank that alignment across every node puts behind.
+            named = rt.diagnoser.arbitrate(self.clock.mono_s(), v.wall_time_ns)
+            for n in named:
+                n.evidence["agent_verdict"] = v.reason
+            if named or rt.diagnoser.hang_culprit_named():
+                self._add_verdicts(rt, named)
+                return
         self._add_verdicts(rt, [v])
 
     def command_done(self, outcome: CommandOutcome) -> None:
@@ -339,12 +363,11 @@ class CoordinatorCore:
         slow = [v for v in rt.verdicts if v.kind is VerdictKind.COMM_SLOW and not v.node_id]
         if slow and rt.probe is None:
             peers = rt.world_nodes()
+            port = self.config.executor.master_port or executor.free_port()
             ids = {}
             for group in _probe_groups(peers, self.config.probe_group_nodes):
                 body = RunProbeBody(
-                    peers=group,
-                    master_addr=rt.nodes[group[0]].address,
-                    master_port=self.config.executor.master_port,
+                    peers=group, master_addr=rt.nodes[group[0]].address or "127.0.0.1", master_port=port
                 )
                 for node in group:
                     cid = f"probe-{node}-{int(now * 1000)}"

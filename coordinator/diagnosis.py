@@ -75,6 +75,7 @@ class _RankView:
 @dataclass(slots=True)
 class _Pending:
     durations: dict[int, float] = field(default_factory=dict)
+    enqueued_ns: dict[int, int] = field(default_factory=dict)
 
 
 class Diagnoser:
@@ -95,6 +96,8 @@ class Diagnoser:
         self._streak: Counter[tuple[VerdictKind, int]] = Counter()
         self._reported: set[tuple[VerdictKind, int]] = set()
         self._incarnation = 0
+        self._ops: OrderedDict[tuple[str, int], dict[int, str]] = OrderedDict()
+        self._named: set[tuple[VerdictKind, int]] = set()  # culprits named by arbitrate, this incarnation
 
     def reset(self, *, incarnation: int, rank_nodes: Mapping[int, str]) -> None:
         """Starts a new world: forget rank progress and pending verdicts, keep the job's rhythm."""
@@ -103,6 +106,8 @@ class Diagnoser:
         self._rank_node = dict(rank_nodes)
         self._ranks.clear()
         self._pending.clear()
+        self._ops.clear()
+        self._named.clear()
         self._last_arrivals.clear()
         self._comm_recent.clear()
         self._streak.clear()
@@ -131,11 +136,18 @@ class Diagnoser:
         for s in samples:
             if s.rank not in self._rank_node:
                 continue
+            ops = self._ops.setdefault((s.group, s.seq), {})
+            ops[s.rank] = s.op
+            if len(self._ops) > self.config.max_pending_collectives:
+                self._ops.popitem(last=False)
             pending = self._pending.setdefault((s.group, s.seq), _Pending())
             pending.durations[s.rank] = s.duration_s
+            pending.enqueued_ns[s.rank] = s.enqueue_ns
             if len(pending.durations) == self._world_size:
                 del self._pending[(s.group, s.seq)]
-                self._align(pending.durations)
+                durations = _durations(pending, self.median_step_s())
+                if durations is not None:
+                    self._align(durations)
             while len(self._pending) > self.config.max_pending_collectives:
                 self._pending.popitem(last=False)
 
@@ -177,11 +189,33 @@ class Diagnoser:
         for v in candidates:
             key = (v.kind, v.rank)
             self._streak[key] += 1
-            if self._streak[key] >= self.config.persistence and key not in self._reported:
+            if self._streak[key] >= self.config.persistence and key not in self._reported | self._named:
                 self._reported.add(key)
                 v.wall_time_ns, v.incarnation = wall_time_ns, self._incarnation
                 confirmed.append(v)
         return confirmed
+
+    def arbitrate(self, now_s: float, wall_time_ns: int = 0) -> list[Verdict]:
+        """An agent found a rank's progress stale (its own adaptive threshold already passed), but
+        from one node a rank waiting for a peer looks the same as the frozen peer. Name the culprits
+        now by aligning every rank; [] when alignment cannot tell (telemetry missing, or every rank
+        is equal). Culprits named here are not reported again by `evaluate`."""
+        if len(self._ranks) < self._world_size or not self._ranks:
+            return []
+        silence_s = now_s - max(v.last_progress_s for v in self._ranks.values())
+        named = []
+        for group in sorted({g for v in self._ranks.values() for g in v.snapshot.groups}):
+            for v in self._classify_group(group, silence_s):
+                key = (v.kind, v.rank)
+                if v.kind is VerdictKind.HANG_NON_COMM and key not in self._reported | self._named:
+                    self._named.add(key)
+                    v.wall_time_ns, v.incarnation = wall_time_ns, self._incarnation
+                    named.append(v)
+        return named
+
+    def hang_culprit_named(self) -> bool:
+        """Whether this incarnation already has a non-communication hang culprit."""
+        return bool(self._named) or any(kind is VerdictKind.HANG_NON_COMM for kind, _ in self._reported)
 
     def _hang_candidates(self, now_s: float) -> list[Verdict]:
         if len(self._ranks) < self._world_size or not self._ranks:
@@ -229,6 +263,18 @@ class Diagnoser:
                 )
                 for r in behind
             ]
+        odd = self._odd_ops(group, top)
+        if odd:
+            return [
+                Verdict(
+                    kind=VerdictKind.HANG_NON_COMM,
+                    rank=r,
+                    node_id=self._rank_node.get(r, ""),
+                    reason=f"rank {r} desynchronised: issued {op} as {group}#{top} where the others issued {common}",
+                    evidence={**evidence, "op": op, "others_op": common, **self._state_evidence(r)},
+                )
+                for r, op, common in odd
+            ]
         return [
             Verdict(
                 kind=VerdictKind.HANG_COMM,
@@ -236,6 +282,17 @@ class Diagnoser:
                 evidence=evidence,
             )
         ]
+
+    def _odd_ops(self, group: str, seq: int) -> list[tuple[int, str, str]]:
+        """Ranks whose collective #seq is a different op than the majority's (a desync: one rank
+        skipped or added a collective, so sequence numbers line up but operations do not)."""
+        ops = self._ops.get((group, seq), {})
+        if len(ops) < max(self._world_size, 2):
+            return []
+        common, count = Counter(ops.values()).most_common(1)[0]
+        if count == len(ops) or count <= len(ops) // 2:
+            return []
+        return sorted((r, op, common) for r, op in ops.items() if op != common)
 
     def _state_evidence(self, rank: int) -> dict[str, str]:
         snap = self._ranks[rank].snapshot
@@ -285,6 +342,23 @@ class Diagnoser:
                 evidence={"baseline_s": f"{base:.4f}", "recent_s": f"{now:.4f}"},
             )
         ]
+
+
+def _durations(pending: _Pending, median_step_s: float) -> dict[int, float] | None:
+    """Each rank's time in the collective. Measured durations when every rank has one (NCCL);
+    otherwise, from enqueue times, how long each rank waited for the last one to arrive. That
+    needs a shared clock (ranks of one host, or synchronised clocks): a spread wider than a step
+    means the clocks are not comparable, and the collective is not used."""
+    if all(d >= 0 for d in pending.durations.values()):
+        return pending.durations
+    enq = pending.enqueued_ns
+    if any(t <= 0 for t in enq.values()):
+        return None
+    last = max(enq.values())
+    spread_s = (last - min(enq.values())) / 1e9
+    if median_step_s <= 0 or spread_s > 1.5 * median_step_s:
+        return None
+    return {r: (last - t) / 1e9 for r, t in enq.items()}
 
 
 def _progress_key(snap: RankSnapshot) -> tuple[int, ...]:

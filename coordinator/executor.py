@@ -195,7 +195,7 @@ class Executor:
         assert rec is not None
         rank0 = rt.nodes[assignments[0].node_id]
         master_addr = rank0.address or rank0.hostname or "127.0.0.1"
-        port = self.config.master_port or _free_port()
+        port = self.config.master_port or free_port()
         # Group once: filtering the whole assignment per node was O(nodes x ranks), minutes at 100K GPUs.
         by_node: dict[str, list[tuple[int, int]]] = {}
         for a in assignments:
@@ -302,7 +302,7 @@ def plan_assignments(rt: JobRuntime, world_size: int) -> list[Assignment]:
     return out
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

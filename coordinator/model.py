@@ -168,8 +168,9 @@ class CollectiveSample:
     group: str
     seq: int
     op: str
-    duration_s: float  # start (or enqueue) to completion on this rank
+    duration_s: float  # start (or enqueue) to completion on this rank; negative when unknown
     step: int = -1
+    enqueue_ns: int = 0  # the node's monotonic clock: comparable only between ranks sharing a clock
 
 
 @dataclass(frozen=True, slots=True)

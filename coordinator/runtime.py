@@ -113,6 +113,7 @@ class JobRuntime:
     exited_ok: set[int] = field(default_factory=set)
     resume_pending: bool = False
     exit_code: int | None = None
+    seen_verdicts: dict[tuple[str, int, int, int], None] = field(default_factory=dict)  # insertion-ordered
 
     def world_nodes(self) -> list[str]:
         """Nodes of the current world, in rank order."""

@@ -131,17 +131,20 @@ def rank_to_pb(s: RankSnapshot) -> common_pb2.RankStatus:
 
 
 def collective_from_pb(c: common_pb2.CollectiveRecord, rank: int) -> CollectiveSample | None:
-    """A completed collective's duration on its rank (start, else enqueue, to completion)."""
+    """One rank's view of a collective: its duration (start, else enqueue, to completion) when it
+    completed with timestamps (NCCL), else -1 with the enqueue time (gloo records no completion)."""
     begin = c.start_mono_ns or c.enqueue_mono_ns
-    if c.complete_mono_ns <= 0 or begin <= 0 or c.complete_mono_ns < begin:
+    duration_s = (c.complete_mono_ns - begin) / 1e9 if c.complete_mono_ns >= begin > 0 else -1.0
+    if duration_s < 0 and c.enqueue_mono_ns <= 0:
         return None
     return CollectiveSample(
         rank=rank,
         group=c.group,
         seq=c.seq,
         op=c.op,
-        duration_s=(c.complete_mono_ns - begin) / 1e9,
+        duration_s=duration_s,
         step=c.step,
+        enqueue_ns=c.enqueue_mono_ns,
     )
 
 

@@ -15,6 +15,8 @@ from kedge.coordinator.model import (
     NodeRegistration,
     NodeReportData,
     NodeState,
+    ProbeData,
+    RunProbeBody,
     StartWorkersBody,
     StopWorkersBody,
     Verdict,
@@ -119,7 +121,12 @@ def test_start_restart_and_resume(tmp_path: Path) -> None:
     assert (status.job.state, status.job.incarnation, status.job.restarts) == (JobState.RUNNING, 2, 1)
     assert status.actions[0].kind is ActionKind.RESTART and "rank 3 killed" in status.actions[0].reason
     assert status.diagnoses[0].node_id == "n2"
-    # a late report about the old world changes nothing
+    # a verdict delivered twice (agent reconnect) counts once; a late report about the old world changes nothing
+    again = Verdict(kind=VerdictKind.RANK_DIED, rank=1, reason="rank 1 died", incarnation=2, wall_time_ns=5)
+    core.report(NodeReportData(job_id="j", node_id="n1", incarnation=2, verdicts=[again]))
+    core.report(NodeReportData(job_id="j", node_id="n1", incarnation=2, verdicts=[again]))
+    assert len(core._jobs["j"].verdicts) == 1
+    core._jobs["j"].verdicts.clear()
     core.report(NodeReportData(job_id="j", node_id="n2", incarnation=1, verdicts=[died]))
     advance(core, clock, 0.5, ("n1", "n2"))
     assert sink.take() == []
@@ -191,3 +198,45 @@ def test_stale_coordinator_is_fenced(tmp_path: Path) -> None:
     assert stale_sink.take() == []
     assert stale.status()[0].job.incarnation == 2
     assert core.store.get_job("j").incarnation == 2  # type: ignore[union-attr]
+
+
+def test_comm_slow_commands_a_probe_and_localizes_the_node(tmp_path: Path) -> None:
+    core, sink, clock = make(tmp_path)
+    register(core, "n3")
+    start_two_nodes_and(core, sink, clock, extra=("n3",))
+    slow = Verdict(kind=VerdictKind.COMM_SLOW, reason="collectives slow on every rank", incarnation=1)
+    core._jobs["j"].verdicts.append(slow)
+    advance(core, clock, 0.25, ("n1", "n2", "n3"))
+    probes = [(n, c) for n, c in sink.take() if isinstance(c.body, RunProbeBody)]
+    assert sorted(n for n, _ in probes) == ["n1", "n2", "n3"]
+    peers = probes[0][1].body.peers  # type: ignore[union-attr]
+    hot = peers.index("n2")
+    for node, cmd in probes:
+        i = peers.index(node)
+        row = [-1.0] * 9
+        for j in range(3):
+            if j != i:
+                row[i * 3 + j] = 0.05 if hot in (i, j) else 0.001
+        core.report(
+            NodeReportData(
+                job_id="j",
+                node_id=node,
+                incarnation=1,
+                probe=ProbeData(command_id=cmd.command_id, peers=peers, delay_s=row),
+            )
+        )
+    advance(core, clock, 0.25, ("n1", "n2", "n3"))
+    status = core.status()[0]
+    localized = [v for v in status.diagnoses if v.kind is VerdictKind.COMM_SLOW and v.node_id]
+    assert [v.node_id for v in localized] == ["n2"] and "hot" in localized[0].reason
+    assert status.actions[0].kind is ActionKind.ALERT  # slow nodes are isolated only when configured
+
+
+def start_two_nodes_and(
+    core: CoordinatorCore, sink: Sink, clock: VirtualClock, extra: tuple[str, ...]
+) -> None:
+    register(core, "n1")
+    register(core, "n2")
+    advance(core, clock, 1.5, ("n1", "n2", *extra))
+    ack_all(core, sink.take())
+    assert core.status()[0].job.state is JobState.RUNNING

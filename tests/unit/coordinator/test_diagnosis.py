@@ -181,3 +181,67 @@ def test_probe_flat_matrix_and_unmeasured_cells() -> None:
     sparse = [-1.0] * 9
     assert localize_probe(["a", "b", "c"], sparse).kind == "none"
     assert localize_probe(["a"], [0.0]).kind == "none"
+
+
+def test_straggler_from_enqueue_times_when_no_completion_is_recorded() -> None:
+    """gloo's Flight Recorder has no completion times: the last rank to enqueue is the straggler."""
+    job = FakeJob()
+    job.run_steps(20)
+    t_ns = 10**12
+    found = []
+    for step in range(20):
+        t_ns += int(0.2e9)
+        samples = [
+            CollectiveSample(
+                rank=r,
+                group="g",
+                seq=step,
+                op="allreduce",
+                duration_s=-1.0,
+                enqueue_ns=t_ns + (int(0.08e9) if r == 1 else r * 1000),
+            )
+            for r in range(WORLD)
+        ]
+        job.d.observe_collectives(samples)
+        job.d.observe_ranks(job.now + step, job.snapshots())
+        found += job.d.evaluate(job.now + step)
+    assert [(v.kind, v.rank) for v in found] == [(VerdictKind.STRAGGLER, 1)]
+
+
+def test_enqueue_times_of_unrelated_clocks_are_not_used() -> None:
+    job = FakeJob()
+    job.run_steps(20)
+    before = len(job.d._last_arrivals)
+    samples = [
+        CollectiveSample(rank=r, group="g", seq=1, op="x", duration_s=-1.0, enqueue_ns=10**12 + r * 10**10)
+        for r in range(WORLD)
+    ]
+    job.d.observe_collectives(samples)
+    assert len(job.d._last_arrivals) == before
+
+
+def test_desync_names_the_rank_whose_op_differs() -> None:
+    job = FakeJob()
+    job.run_steps(30)
+    for r in range(WORLD):
+        job.seq[r] += 1  # every rank enqueued #k, none completed it...
+        op = "allgather" if r == 1 else "allreduce"  # ...but rank 1 skipped one collective
+        job.d.observe_collectives(
+            [CollectiveSample(rank=r, group="default", seq=job.seq[r], op=op, duration_s=-1.0, enqueue_ns=0)]
+        )
+    found = job.stall(12.0)
+    assert [(v.kind, v.rank) for v in found] == [(VerdictKind.HANG_NON_COMM, 1)]
+    assert "desynchronised" in found[0].reason
+
+
+def test_arbitrate_names_the_rank_behind_at_once() -> None:
+    job = FakeJob()
+    job.run_steps(30)
+    for r in (0, 1, 2):
+        job.seq[r] += 1
+    job.now += 0.5
+    job.d.observe_ranks(job.now, job.snapshots())
+    named = job.d.arbitrate(job.now)
+    assert [(v.kind, v.rank) for v in named] == [(VerdictKind.HANG_NON_COMM, 3)]
+    assert job.d.hang_culprit_named() and job.d.arbitrate(job.now) == []
+    assert [v for v in job.stall(12.0) if v.rank == 3] == []  # not reported twice
