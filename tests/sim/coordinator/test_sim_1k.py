@@ -74,3 +74,15 @@ def test_same_seed_replays_the_same_run() -> None:
         (d.at_s, d.action, d.reason) for d in b.decisions
     ]
     assert a.messages == b.messages
+
+
+@pytest.mark.timeout(240)
+def test_slow_nic_localized_by_grouped_probe() -> None:
+    # Seed 3 draws a 4.7x slower NIC (above the 3x comm-slow threshold) on node 125 of 128 nodes.
+    scenario = Scenario(gpus=GPUS, seed=3, fault=FaultKind.COMM_SLOW, charge_cpu=False, fault_at_s=40.0)
+    result = _drive(scenario)
+    first = result.first_action
+    assert result.fault is not None and first is not None
+    assert result.correct, f"named {first.culprit_nodes}, fault on node {result.fault.node}: {first.reason}"
+    assert result.messages["probe_result"] == GPUS // 8  # every node answered its ring
+    assert result.false_actions == 0
