@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass, field
 
 from kedge.coordinator import diagnosis, executor, policy
-from kedge.coordinator.diagnosis import Diagnoser, localize_probe
+from kedge.coordinator.diagnosis import Diagnoser, localize_probe_cells
 from kedge.coordinator.errors import StaleIncarnation
 from kedge.coordinator.model import (
     ActionKind,
@@ -66,6 +66,9 @@ class Config:
     """A pairwise probe that has not answered by then is read as it stands."""
     collateral_grace_s: float = 5.5
     """Rank exits with an error code alone wait this long for a cause (a signal death, a lost node)."""
+    probe_group_nodes: int = 16
+    """The pairwise probe runs in rings of this many nodes (each its own rendezvous), so its cost
+    is O(nodes x group), not O(nodes^2): one ring over 2,048 nodes is 4M cells per answer."""
     persist_interval_s: float = 2.0
     """Lease expiries and the job's step are written to the store at most this often."""
     diagnosis: diagnosis.Config = field(default_factory=diagnosis.Config)
@@ -275,6 +278,14 @@ class CoordinatorCore:
         self._persist(rt, now)
 
     def _expire_leases(self, rt: JobRuntime, now: float) -> None:
+        stalled_s = now - rt.last_tick_s if rt.last_tick_s else 0.0
+        rt.last_tick_s = now
+        if stalled_s > max(1.0, 4 * self.config.tick_interval_s):
+            # The coordinator itself did not run (a long call, GC, a paused process): heartbeats
+            # may be waiting unprocessed, so lapsed time is not the agents' silence. Without this,
+            # one 9 s stall at 128 nodes declared 93 healthy nodes lost and shrank the job.
+            for node_id in rt.lease_deadline_s:
+                rt.lease_deadline_s[node_id] += stalled_s
         for node_id, deadline in list(rt.lease_deadline_s.items()):
             node = rt.nodes[node_id]
             if now < deadline or node.state in (NodeState.LOST, NodeState.ISOLATED):
@@ -360,23 +371,25 @@ class CoordinatorCore:
         slow = [v for v in rt.verdicts if v.kind is VerdictKind.COMM_SLOW and not v.node_id]
         if slow and rt.probe is None:
             peers = rt.world_nodes()
-            ex = self.config.executor
-            address = rt.nodes[peers[0]].address or "127.0.0.1"
-            body = RunProbeBody(
-                peers=peers, master_addr=address, master_port=ex.master_port or executor.free_port()
-            )
+            port = self.config.executor.master_port or executor.free_port()
             ids = {}
-            for node in peers:
-                cid = f"probe-{node}-{int(now * 1000)}"
-                self._sink.send(
-                    node,
-                    CommandData(
-                        command_id=cid, job_id=rt.job.job_id, incarnation=rt.job.incarnation, body=body
-                    ),
+            for group in _probe_groups(peers, self.config.probe_group_nodes):
+                body = RunProbeBody(
+                    peers=group, master_addr=rt.nodes[group[0]].address or "127.0.0.1", master_port=port
                 )
-                ids[cid] = node
+                for node in group:
+                    cid = f"probe-{node}-{int(now * 1000)}"
+                    command = CommandData(
+                        command_id=cid, job_id=rt.job.job_id, incarnation=rt.job.incarnation, body=body
+                    )
+                    self._sink.send(node, command)
+                    ids[cid] = node
             rt.probe = ProbeRun(
-                command_ids=ids, peers=peers, cells={}, deadline_s=now + self.config.probe_timeout_s
+                command_ids=ids,
+                peers=peers,
+                cells={},
+                deadline_s=now + self.config.probe_timeout_s,
+                index={node: i for i, node in enumerate(peers)},
             )
             self._event(rt, "probe", f"pairwise probe over {len(peers)} nodes: {slow[0].reason}")
         if rt.probe is not None and now >= rt.probe.deadline_s:
@@ -386,11 +399,12 @@ class CoordinatorCore:
         probe, data = rt.probe, rep.probe
         assert probe is not None and data is not None
         n = len(data.peers)
+        # Peer positions by dict: list.index per cell made one answer O(n^3) (9 s at 128 nodes).
+        at = [probe.index.get(p, -1) for p in data.peers]
         for idx, d in enumerate(data.delay_s):
-            if d >= 0 and data.peers[idx // n] in probe.peers and data.peers[idx % n] in probe.peers:
-                probe.cells[
-                    (probe.peers.index(data.peers[idx // n]), probe.peers.index(data.peers[idx % n]))
-                ] = d
+            src, dst = at[idx // n], at[idx % n]
+            if d >= 0 and src >= 0 and dst >= 0:
+                probe.cells[(src, dst)] = d
         probe.command_ids.pop(data.command_id, None)
         if not probe.command_ids:
             self._finish_probe(rt)
@@ -399,9 +413,7 @@ class CoordinatorCore:
         probe = rt.probe
         assert probe is not None
         rt.probe = None
-        n = len(probe.peers)
-        matrix = [probe.cells.get((i, j), -1.0) for i in range(n) for j in range(n)]
-        finding = localize_probe(probe.peers, matrix)
+        finding = localize_probe_cells(probe.peers, probe.cells)
         if finding.kind == "none":
             self._event(rt, "probe", finding.reason)
             return
@@ -495,3 +507,12 @@ class CoordinatorCore:
         with self._lock:
             rt = self._jobs.get(job_id)
             return None if rt is None else rt.exit_code
+
+
+def _probe_groups(peers: list[str], size: int) -> list[list[str]]:
+    """Consecutive rings of `size` nodes; a last ring of one node joins the previous one."""
+    size = max(2, size)
+    groups = [peers[i : i + size] for i in range(0, len(peers), size)]
+    if len(groups) > 1 and len(groups[-1]) < 2:
+        groups[-2].extend(groups.pop())
+    return groups

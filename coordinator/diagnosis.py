@@ -382,16 +382,26 @@ class ProbeFinding:
 
 def localize_probe(peers: list[str], delay_s: list[float], hot_factor: float = 3.0) -> ProbeFinding:
     """Reads a row-major source x destination delay matrix (negative = not measured, e.g. shifts
-    left out at scale). A node whose sending row or receiving column is hot is the culprit; else
-    the hottest cell above the baseline is a link. The baseline is the lower quartile of measured
-    cells, robust to one bad node's 2(n-1) hot cells."""
+    left out at scale); see `localize_probe_cells`."""
     n = len(peers)
     if n < 2 or len(delay_s) != n * n:
         return ProbeFinding(kind="none", reason=f"probe matrix has {len(delay_s)} cells for {n} peers")
     cells = {
         (i, j): delay_s[i * n + j] for i in range(n) for j in range(n) if i != j and delay_s[i * n + j] >= 0
     }
-    if not cells:
+    return localize_probe_cells(peers, cells, hot_factor)
+
+
+def localize_probe_cells(
+    peers: list[str], cells: Mapping[tuple[int, int], float], hot_factor: float = 3.0
+) -> ProbeFinding:
+    """Localizes from the measured cells only ((source, destination) index -> delay), so a probe run
+    in groups at scale costs O(cells), not O(peers^2). A node whose sending row or receiving column
+    is hot is the culprit; else the hottest cell above the baseline is a link. The baseline is the
+    lower quartile of measured cells, robust to one bad node's hot row and column."""
+    n = len(peers)
+    cells = {k: d for k, d in cells.items() if k[0] != k[1] and d >= 0}
+    if n < 2 or not cells:
         return ProbeFinding(kind="none", reason="probe measured nothing")
     values = sorted(cells.values())
     baseline = values[len(values) // 4]

@@ -89,6 +89,7 @@ class ProbeRun:
     peers: list[str]
     cells: dict[tuple[int, int], float]
     deadline_s: float
+    index: dict[str, int] = field(default_factory=dict)  # node id -> position in peers
 
 
 @dataclass(slots=True)
@@ -108,6 +109,7 @@ class JobRuntime:
     probe: ProbeRun | None = None
     last_registration_s: float = 0.0
     last_persist_s: float = 0.0
+    last_tick_s: float = 0.0
     exited_ok: set[int] = field(default_factory=set)
     resume_pending: bool = False
     exit_code: int | None = None

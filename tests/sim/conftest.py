@@ -1,0 +1,10 @@
+"""Puts tests/sim on sys.path so the simulator package `kedge_sim` imports in the sim tests."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
