@@ -13,6 +13,7 @@ into sub-boxes along its leading dimensions (`split_box`) and streams through se
 from __future__ import annotations
 
 import ctypes
+import math
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from typing import Any
 
 from kedge.ckpt import faults
 from kedge.ckpt.engine.pool import HostPool, Slab, align_up
+
+_MIN_CUT_BYTES = 1 << 20  # a slab with less room left is closed rather than filled with a sliver
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +95,22 @@ class SlabPacker:
         self.copied_bytes = 0
 
     def add_shard(self, shard: Any) -> None:
+        itemsize = shard.tensor.element_size()
         for offsets, sizes in shard_boxes(shard, self._chunk_bytes):
-            self._add_piece(shard, offsets, sizes)
+            box: tuple[tuple[int, ...], tuple[int, ...]] | None = (offsets, sizes)
+            while box is not None:
+                # A box that does not fit the room left in the slab is cut along its leading dimension
+                # to fill it: without the cut, 38 MB weights pack one per 64 MiB slab and the state
+                # needs ~1.7x its size in slabs, so the snapshot waits on the disk for free slabs.
+                head, box = split_to_fit(*box, itemsize, self._room())
+                self._add_piece(shard, *head)
+
+    def _room(self) -> int:
+        """Bytes left in the slab being filled; 0 when none is being filled or the room is less than
+        the smallest cut worth making."""
+        current = self._current
+        room = 0 if current is None else self._pool.slab_bytes - align_up(current.used_bytes)
+        return room if room >= _MIN_CUT_BYTES else 0
 
     def _add_piece(self, shard: Any, offsets: tuple[int, ...], sizes: tuple[int, ...]) -> None:
         source = _source_view(shard, offsets, sizes)
@@ -137,6 +154,24 @@ class SlabPacker:
         """Drops the slab being filled (after an error) and returns it for release."""
         current, self._current = self._current, None
         return None if current is None else current.slab
+
+
+def split_to_fit(
+    offsets: tuple[int, ...], sizes: tuple[int, ...], itemsize: int, room_bytes: int
+) -> tuple[tuple[tuple[int, ...], tuple[int, ...]], tuple[tuple[int, ...], tuple[int, ...]] | None]:
+    """(head, rest): head is the largest leading-rows prefix of the box within room_bytes, rest the
+    remaining rows (None when the whole box fits, or when not even one row fits: then the head is
+    the whole box and goes to a fresh slab)."""
+    box = (offsets, sizes)
+    if not sizes or room_bytes <= 0:
+        return box, None
+    row_bytes = math.prod(sizes[1:]) * itemsize
+    rows = room_bytes // row_bytes if row_bytes else sizes[0]
+    if rows >= sizes[0] or rows < 1:
+        return box, None
+    head = (offsets, (rows, *sizes[1:]))
+    rest = ((offsets[0] + rows, *offsets[1:]), (sizes[0] - rows, *sizes[1:]))
+    return head, rest
 
 
 def iter_written_shards(shards: list[Any]) -> Iterator[Any]:

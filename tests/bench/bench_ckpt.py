@@ -380,26 +380,32 @@ def make_hooks(
     return method_kedge(trainer, root, run, args)
 
 
+def steps_for(method: str, args: argparse.Namespace) -> int:
+    """Slow baselines (seconds per checkpoint) run --baseline-steps; the rest run --steps."""
+    return args.steps if method in ("none", "kedge") else args.baseline_steps
+
+
 def run_method(
     method: str, interval: int, trainer: Trainer, args: argparse.Namespace, rss: RssSampler
 ) -> RunResult:
     root = os.path.join(args.local, method.replace("+", "_"))
     shutil.rmtree(root, ignore_errors=True)
     os.makedirs(root, exist_ok=True)
-    run = RunResult(method=method, interval=interval, loop_s=0.0, steps=args.steps)
+    steps = steps_for(method, args)
+    run = RunResult(method=method, interval=interval, loop_s=0.0, steps=steps)
     start_rss = rss.reset()
     try:
         hooks = make_hooks(method, trainer, root, run, args)
         trainer.sync()
         started = time.perf_counter()
-        for i in range(args.steps):
+        for i in range(steps):
             pre_stall_s = hooks.before_step()
             trainer.train_step()
             stall_s = pre_stall_s + hooks.after_step()
             if run.stalls_s and stall_s:
                 run.stalls_s[-1] += stall_s  # waits before this step belong to the last checkpoint
             # A checkpoint is always followed by a step, so that the wait it causes there is counted.
-            if method != "none" and (i + 1) % interval == 0 and i + 1 < args.steps:
+            if method != "none" and (i + 1) % interval == 0 and i + 1 < steps:
                 run.stalls_s.append(hooks.checkpoint(trainer.step))
         trainer.sync()
         run.loop_s = time.perf_counter() - started
@@ -442,8 +448,10 @@ def summarize(
         row["stall_p50_s"] = percentile(stalls, 50)
         row["stall_p99_s"] = percentile(stalls, 99)
         for r in mine:
-            base = baseline.get(r.interval, float("nan"))
-            row[f"overhead_every_{r.interval}"] = (r.loop_s / base - 1.0) if not r.error else float("nan")
+            base = baseline.get(r.interval, float("nan"))  # seconds per step without checkpoints
+            row[f"overhead_every_{r.interval}"] = (
+                (r.loop_s / r.steps / base - 1.0) if not r.error else float("nan")
+            )
         snaps = [s for r in mine for s in r.snapshot_s]
         row["snapshot_GBps"] = state_bytes / statistics.median(snaps) / 1e9 if snaps else float("nan")
         device_snaps = [s for r in mine for s in r.snapshot_device_s]
@@ -459,6 +467,7 @@ def summarize(
         if any(pool):
             row["pool_plus_slab_GB"] = max(pool) / 1e9
         row["skipped"] = sum(r.skipped for r in mine)
+        row["snapshots"] = len(snaps)
         calls = [r.save_call_s for r in mine if r.save_call_s]
         if calls:
             row["save_call_mean_s"] = statistics.mean(calls)
@@ -494,7 +503,7 @@ def print_table(rows: list[dict[str, Any]], intervals: list[int], bandwidth: dic
         if "pool_plus_slab_GB" in row:
             note = (
                 f"pool+slab {row['pool_plus_slab_GB']:.2f} GB, save() {row.get('save_call_mean_s', 0) * 1e3:.1f} ms,"
-                f" skipped {row['skipped']}"
+                f" snapshots {row['snapshots']}, skipped {row['skipped']}"
             )
         cells += [fmt(row["compression_ratio"], ".2f"), note]
         print(" | ".join(cells))
@@ -531,6 +540,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--params", default="90M", help="model parameters (K/M/G, powers of 10)")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per method and interval")
+    parser.add_argument(
+        "--baseline-steps",
+        type=int,
+        default=None,
+        help="timed steps of the slow baselines (torch.save, dcp.*); default: --steps",
+    )
     parser.add_argument("--intervals", default="10,2", help="checkpoint every N steps, comma separated")
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--seq", type=int, default=None)
@@ -545,6 +560,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", default=None, help="write the results as JSON to this path")
     args = parser.parse_args(argv)
     args.params = parse_count(args.params)
+    if args.baseline_steps is None:
+        args.baseline_steps = args.steps
     args.intervals = [int(k) for k in args.intervals.split(",")]
     args.methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in args.methods if m not in METHODS]
@@ -589,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
         if "none" in args.methods:
             base = run_method("none", args.steps, trainer, args, rss)
             runs.append(base)
-            baseline = dict.fromkeys(args.intervals, base.loop_s)
+            baseline = dict.fromkeys(args.intervals, base.loop_s / base.steps)
         for method in [m for m in args.methods if m != "none"]:
             for interval in args.intervals:
                 run = run_method(method, interval, trainer, args, rss)
@@ -598,6 +615,14 @@ def main(argv: list[str] | None = None) -> int:
                     f"  {method} every {interval}: loop {run.loop_s:.2f} s, stalls {[round(s, 4) for s in run.stalls_s]} {run.error}",
                     flush=True,
                 )
+        if "none" in args.methods and len(args.methods) > 1:
+            # The no-checkpoint loop again, after the methods: the baseline is the mean of both runs,
+            # so drift over the benchmark (clocks, allocator state) is not charged to one method.
+            again = run_method("none", args.steps, trainer, args, rss)
+            runs.append(again)
+            per_step = [r.loop_s / r.steps for r in runs if r.method == "none"]
+            print(f"  none: {', '.join(f'{x * 1e3:.1f}' for x in per_step)} ms per step", flush=True)
+            baseline = dict.fromkeys(args.intervals, statistics.mean(per_step))
     rows = summarize(runs, baseline, state_bytes, bandwidth, args)
     none_peak = next((r["peak_rss_above_GB"] for r in rows if r["method"] == "none"), None)
     for row in rows:  # training alone moves RSS too (gradients, optimizer temporaries): subtract it
