@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the kedge_sim package
 
 from kedge_sim import rates
 from kedge_sim.core_adapter import CoreAdapter

@@ -61,6 +61,7 @@ class _Side:
         self.clock, self.sink = _Clock(), _Sink()
         config = Config()
         config.executor.master_port = 29500
+        config.collateral_grace_s = 0.0  # HA is under test here, not the wait for a verdict's cause
 
         def make_core(store: Store) -> CoordinatorCore:
             return CoordinatorCore(store, self.sink, config, self.clock)
