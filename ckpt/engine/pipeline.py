@@ -37,7 +37,13 @@ from kedge.ckpt.engine.job import FAILED, LEVELS, REACHED, SKIPPED, CheckpointJo
 from kedge.ckpt.engine.metrics import CheckpointMetrics
 from kedge.ckpt.engine.pool import HostPool
 from kedge.ckpt.engine.retry import RetryPolicy
-from kedge.ckpt.engine.snapshot import FilledSlab, SlabPacker, iter_written_shards, record_blocking_event
+from kedge.ckpt.engine.snapshot import (
+    FilledSlab,
+    SlabPacker,
+    iter_written_shards,
+    piece_chunks,
+    record_blocking_event,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -45,6 +51,9 @@ POLICIES = ("skip", "coalesce")
 _ERRORS_KEPT = 16
 _POLL_MIN_S = 0.02
 _POLL_MAX_S = 0.5
+
+
+_DEFAULT_CHUNK_BYTES = 8 << 20
 
 
 @dataclass(kw_only=True, slots=True)
@@ -60,7 +69,9 @@ class EngineConfig:
     slab_bytes: int = 64 << 20
     """Size of one pool slab = the largest chunk; rounded up to a power of two."""
     chunk_bytes: int | None = None
-    """Largest chunk written (None: a slab); smaller chunks make partial reads finer."""
+    """Largest chunk written (None: 8 MiB, at most a slab). A writer thread holds one encoded chunk at
+    a time, so the engine's memory beyond the pool is about writer_threads x this; the snapshot still
+    copies slab-sized pieces (few, large device copies)."""
     codec: str = "zstd"
     """Codec of the data chunks (see kedge.ckpt.codec)."""
     writer_threads: int = 2
@@ -251,7 +262,6 @@ class Engine:
             side_stream=side,
             acquire_timeout_s=self.config.snapshot_timeout_s,
             stop=self._stop,
-            chunk_bytes=self.config.chunk_bytes,
         )
         try:
             faults.maybe("ckpt.snapshot_start")
@@ -320,13 +330,15 @@ class Engine:
         if not job.is_pending(self._first_level) or self._stop.is_set():
             return  # failed or aborted: the slab is only released
         faults.maybe("ckpt.write_slab")
+        chunk_bytes = min(self.config.chunk_bytes or _DEFAULT_CHUNK_BYTES, self.pool.slab_bytes)
         for piece in filled.pieces:
-            record = job.writer.add_chunk(
-                piece.name, piece.dtype, piece.global_shape, piece.offsets, piece.sizes, filled.view(piece)
-            )
-            with job.cond:
-                job.files.add(record.file)
-                job.encoded_bytes += record.byte_length
+            for offsets, sizes, data in piece_chunks(piece, filled.view(piece), chunk_bytes):
+                record = job.writer.add_chunk(
+                    piece.name, piece.dtype, piece.global_shape, offsets, sizes, data
+                )
+                with job.cond:
+                    job.files.add(record.file)
+                    job.encoded_bytes += record.byte_length
 
     def _slab_done(self, job: CheckpointJob, *, enqueued_all: bool) -> None:
         with job.cond:

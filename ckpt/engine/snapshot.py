@@ -27,7 +27,7 @@ _MIN_CUT_BYTES = 1 << 20  # a slab with less room left is closed rather than fil
 
 @dataclass(frozen=True, slots=True)
 class Piece:
-    """One chunk of one shard, placed in a slab at slab_offset."""
+    """One box of one shard copied into a slab at slab_offset (written as one or more chunks)."""
 
     name: str
     dtype: str
@@ -82,11 +82,10 @@ class SlabPacker:
         side_stream: Any,
         acquire_timeout_s: float,
         stop: threading.Event,
-        chunk_bytes: int | None = None,
     ) -> None:
         self._pool = pool
-        # A chunk (one piece, one record in the manifest) is at most a slab; slabs pack many chunks.
-        self._chunk_bytes = min(chunk_bytes or pool.slab_bytes, pool.slab_bytes)
+        # A piece (one device copy) is at most a slab; writers cut pieces into smaller chunks.
+        self._piece_bytes = pool.slab_bytes
         self._emit = emit
         self._side_stream = side_stream
         self._acquire_timeout_s = acquire_timeout_s
@@ -96,7 +95,7 @@ class SlabPacker:
 
     def add_shard(self, shard: Any) -> None:
         itemsize = shard.tensor.element_size()
-        for offsets, sizes in shard_boxes(shard, self._chunk_bytes):
+        for offsets, sizes in shard_boxes(shard, self._piece_bytes):
             box: tuple[tuple[int, ...], tuple[int, ...]] | None = (offsets, sizes)
             while box is not None:
                 # A box that does not fit the room left in the slab is cut along its leading dimension
@@ -172,6 +171,22 @@ def split_to_fit(
     head = (offsets, (rows, *sizes[1:]))
     rest = ((offsets[0] + rows, *offsets[1:]), (sizes[0] - rows, *sizes[1:]))
     return head, rest
+
+
+def piece_chunks(
+    piece: Piece, data: memoryview, chunk_bytes: int
+) -> Iterator[tuple[tuple[int, ...], tuple[int, ...], memoryview]]:
+    """The piece as chunks of at most chunk_bytes: (offsets, sizes, bytes) in memory order (leading-
+    dimension cuts of a row-major box are consecutive byte ranges of it)."""
+    from kedge.ckpt.manifest import DTYPE_ITEMSIZE
+    from kedge.ckpt.planner import split_box
+
+    itemsize = DTYPE_ITEMSIZE[piece.dtype]
+    start = 0
+    for offsets, sizes in split_box(piece.offsets, piece.sizes, itemsize, chunk_bytes):
+        nbytes = math.prod(sizes) * itemsize
+        yield offsets, sizes, data[start : start + nbytes]
+        start += nbytes
 
 
 def iter_written_shards(shards: list[Any]) -> Iterator[Any]:
