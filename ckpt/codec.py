@@ -7,7 +7,8 @@ Codecs (the exact byte layout is specified in docs/FORMAT.md):
   byte j of every element comes together (group 0 = least significant byte of each element, ...,
   group itemsize-1 = most significant), groups concatenated in that order, then one zstd frame. Sign and
   exponent bytes of floats repeat a lot, so they compress far better grouped.
-zstandard and google-crc32c release the GIL, so encoding in a thread pool runs in parallel.
+zstandard releases the GIL, and CRC32C runs through ctypes (see `_native_extend`), so encoding in a
+thread pool runs in parallel with training.
 """
 
 from __future__ import annotations
@@ -29,10 +30,52 @@ except ImportError:  # pragma: no cover - numpy comes with torch in practice
     _np = None  # type: ignore[assignment]
 
 
+def _native_extend() -> Any:
+    """crc32c_extend of the libcrc32c bundled with google-crc32c, through ctypes (None if absent).
+
+    The package's Python extension holds the GIL while it checksums and takes only `bytes`, so a
+    checkpoint's gigabytes were copied and checksummed with the GIL held, stalling the training
+    thread; a ctypes call releases the GIL and reads the buffer in place.
+    """
+    import ctypes
+    import glob
+    import os
+
+    site = os.path.dirname(os.path.dirname(os.path.abspath(google_crc32c.__file__)))
+    for path in sorted(glob.glob(os.path.join(site, "google_crc32c.libs", "libcrc32c*.so*"))):
+        try:
+            extend = ctypes.CDLL(path).crc32c_extend
+        except (OSError, AttributeError):
+            continue
+        extend.restype = ctypes.c_uint32
+        extend.argtypes = [ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t]
+        return extend
+    return None
+
+
+_EXTEND = _native_extend()
+
+
+def _address(data: bytes | bytearray | memoryview) -> int | None:
+    """The address of data's bytes without a copy, or None when ctypes cannot take it."""
+    import ctypes
+
+    if isinstance(data, bytes):
+        return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+    view = data if isinstance(data, memoryview) else memoryview(data)
+    if view.readonly or not view.c_contiguous or view.nbytes == 0:
+        return None
+    return ctypes.addressof(ctypes.c_char.from_buffer(view))
+
+
 def crc32c(data: bytes | bytearray | memoryview) -> int:
-    """CRC32C (Castagnoli) of data, as an unsigned 32-bit int."""
+    """CRC32C (Castagnoli) of data, as an unsigned 32-bit int; the GIL is released while it runs."""
+    nbytes = len(data) if isinstance(data, bytes) else memoryview(data).nbytes
+    address = _address(data) if _EXTEND is not None and nbytes else None
+    if address is not None:
+        return int(_EXTEND(0, address, nbytes))
     if not isinstance(data, bytes):
-        data = bytes(data)  # the C extension accepts only buffers that need no release (bytes)
+        data = bytes(data)  # the Python extension accepts only buffers that need no release (bytes)
     return int(google_crc32c.value(data))
 
 
