@@ -197,9 +197,8 @@ def start_baselines(pg_timeout_s: float, deadline_s: float, tmp: Path) -> list[t
     return out
 
 
-def finish_baselines(started: list[tuple[str, Any, Path]], wait_s: float) -> list[dict[str, Any]]:
+def finish_baselines(started: list[tuple[str, Any, Path]], deadline: float) -> list[dict[str, Any]]:
     results = []
-    deadline = time.monotonic() + wait_s
     for fault, (proc, log), path in started:
         try:
             proc.wait(timeout=max(1.0, deadline - time.monotonic()))
@@ -289,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     print(f"{machine_line(info)}; backend {'nccl' if args.device == 'cuda' else 'gloo'}", flush=True)
     budget = Budget(args.budget_s)
+    t0 = time.monotonic()
     timeouts = Timeouts(start_s=args.start_timeout_s, recover_s=args.recover_timeout_s)
     trials: list[Trial] = []
     baselines: list[dict[str, Any]] = []
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                 trial = _one(fault, root / f"{fault}-{i}", args.device, timeouts, budget)
                 trials.append(trial)
                 print(json.dumps(_as_dict(trial)), flush=True)
-        baselines += finish_baselines(started, args.baseline_deadline_s + 30)
+        baselines += finish_baselines(started, min(t0 + args.baseline_deadline_s + 30, budget.deadline))
     print()
     print_table(HEADERS, rows_for(trials, baselines))
     if args.json:
@@ -329,4 +329,6 @@ def _as_dict(t: Trial) -> dict[str, Any]:
 
 if __name__ == "__main__":
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
+    # `timeout` sends SIGTERM: unwind so every LocalCluster closes and reaps its agents and workers
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.exit(main())

@@ -19,6 +19,7 @@ import argparse
 import itertools
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -166,7 +167,13 @@ def launch(run: Launch, device: str, shape: Shape, tmp: Path, timeout_s: float) 
         with open(log, "w") as logf:
             cmd = [sys.executable, __file__, "--worker"]
             procs.append(subprocess.Popen(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT))
-    _reap(procs, timeout_s, run)
+    try:
+        _reap(procs, timeout_s, run)
+    finally:
+        for proc in procs:  # interrupted (SIGTERM from `timeout`): no rank is left behind
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     if result.exists():
         data = json.loads(result.read_text())
         run.median_ms, run.p90_ms = data["median_ms"], data["p90_ms"]
@@ -293,4 +300,5 @@ def _as_dict(run: Launch) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: launch() reaps its ranks
     sys.exit(main())
