@@ -79,7 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).addHandler(recorder)
     threading.excepthook = recorder.thread_crash
     failed = watch_failed_queries(nvml_real)
-    snapshots = [dataclasses.asdict(backend.snapshot(i)) for i in range(backend.gpu_count())]
+    snapshots = []
+    for index in range(backend.gpu_count()):
+        try:
+            snapshots.append(dataclasses.asdict(backend.snapshot(index)))
+        except Exception as exc:  # not an NVMLError (those read as 0): the agent's probe would fail too
+            recorder.errors.append(f"snapshot of gpu {index} failed: {type(exc).__name__}: {exc}")
     print_fields(snapshots)
     print(f"\nNVML queries that failed (read as 0): {len(set(failed))}")
     for line in sorted(set(failed)):
