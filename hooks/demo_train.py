@@ -221,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
+    # one line per rank in the agent's log: benchmarks check that every rank got its own GPU
+    print(f"demo_train rank={rank} device={device} backend={dist.get_backend()}", file=sys.stderr, flush=True)
     log = EventLog(args.log, rank)
     model, optim = build(args, device)
     ck = kc.Checkpointer(args.ckpt, keep_local=3)

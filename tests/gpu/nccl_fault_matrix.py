@@ -72,6 +72,8 @@ class Trial:
     recover_s: float | None = None
     steps_lost: int | None = None
     verdicts: list[str] = field(default_factory=list)
+    devices: list[str] = field(default_factory=list)
+    """Each worker's own line (rank, device, backend), from the agents' logs."""
     skipped: str = ""
     error: str = ""
     wall_s: float = 0.0
@@ -130,7 +132,18 @@ def run_trial(fault: str, workdir: Path, device: str, timeouts: Timeouts, budget
             trial.error = str(exc)
         observe(cluster, trial)
     trial.wall_s = round(time.monotonic() - t0, 1)
+    trial.devices = worker_devices(workdir)
     return trial
+
+
+def worker_devices(workdir: Path) -> list[str]:
+    """The distinct `demo_train rank=R device=D backend=B` lines the workers printed."""
+    lines = set()
+    for log in workdir.glob("agent-*.log"):
+        for line in log.read_text(errors="replace").splitlines():
+            if "demo_train rank=" in line:
+                lines.add(line[line.index("demo_train rank=") :].strip())
+    return sorted(lines)
 
 
 def inject(cluster: LocalCluster, fault: str, budget: Budget) -> float:
@@ -307,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(_as_dict(trial)), flush=True)
         baselines += finish_baselines(started, min(t0 + args.baseline_deadline_s + 30, budget.deadline))
     print()
+    devices = sorted({d for t in trials for d in t.devices})
+    print(f"workers seen: {'; '.join(d.removeprefix('demo_train ') for d in devices) or 'none'}")
     print_table(HEADERS, rows_for(trials, baselines))
     if args.json:
         doc = {"machine": info, "device": args.device, "trials": [_as_dict(t) for t in trials]}

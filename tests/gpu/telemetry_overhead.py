@@ -47,7 +47,7 @@ class Shape:
 
 
 SHAPES = {
-    "cuda": Shape(width=4096, layers=8, batch=4096, steps=150, warmup=30),
+    "cuda": Shape(width=4096, layers=8, batch=2048, steps=150, warmup=20),
     "cpu": Shape(width=256, layers=4, batch=256, steps=40, warmup=10),
 }
 
