@@ -33,19 +33,23 @@ def _train(model: Any, optimizer: Any, steps: int) -> None:
         optimizer.zero_grad(set_to_none=True)
 
 
-def checkpoint_engine_round_trips_cuda_state(tmp_path: Path) -> None:
+def _checkpointer(path: Path) -> Any:
     from kedge.ckpt.engine.checkpointer import Checkpointer
 
+    return Checkpointer(str(path), rank=0, world_size=1, host_cache_bytes=64 << 20, slab_bytes=4 << 20)
+
+
+def checkpoint_engine_round_trips_cuda_state(tmp_path: Path) -> None:
     model, optimizer = _cuda_job(0)
     _train(model, optimizer, 3)
     expected = copy.deepcopy({"model": model.state_dict(), "optim": optimizer.state_dict()})
-    with Checkpointer(str(tmp_path), rank=0, world_size=1, host_cache_bytes=64 << 20) as ck:
+    with _checkpointer(tmp_path) as ck:
         handle = ck.save(3, {"model": model, "optim": optimizer})
         _train(model, optimizer, 2)  # training goes on while the snapshot drains
         assert handle.wait("local", timeout_s=60)
     fresh, fresh_opt = _cuda_job(1)
     _train(fresh, fresh_opt, 1)
-    with Checkpointer(str(tmp_path), rank=0, world_size=1, host_cache_bytes=64 << 20) as ck:
+    with _checkpointer(tmp_path) as ck:
         assert ck.load({"model": fresh, "optim": fresh_opt}) == 3
     for key, value in expected["model"].items():
         got = fresh.state_dict()[key]

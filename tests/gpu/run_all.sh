@@ -4,7 +4,8 @@
 #     OUT=/path/to/results bash tests/gpu/run_all.sh
 #
 # kedge must be importable (e.g. installed from a wheel into /tmp/site with PYTHONPATH=/tmp/site).
-# Parts, in order, each bounded by `timeout` and all by TOTAL_S (default 500 s; with the kill grace under 9 minutes):
+# Parts, in order, each bounded by `timeout` and all by TOTAL_S (default 500 s; with the kill grace
+# of `timeout` still under 9 minutes):
 #   1. nvml_dump            the agent's real NVML monitor: fields per GPU, XID thread   (~10 s, max 45)
 #   2. GPU checks           pytest -m gpu tests/gpu (gpu_checks.py if pytest is absent) (~30 s, max 90)
 #   3. telemetry_overhead   hooks on/off x CUDA_DEVICE_MAX_CONNECTIONS unset/1, 3 rounds (~100 s, max 150)
