@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=5.0, help="how long the monitor threads run")
     p.add_argument("--json", default="")
     args = p.parse_args(argv)
+    recorder = Recorder()  # before the backend: registering XID events may already warn
+    for name in ("kedge.agent.nvml", "kedge.agent.nvml_real"):
+        logging.getLogger(name).addHandler(recorder)
+    threading.excepthook = recorder.thread_crash
     try:
         from kedge.agent import nvml_real
 
@@ -74,10 +78,6 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine_info()
     print(machine_line(info), flush=True)
-    recorder = Recorder()
-    for name in ("kedge.agent.nvml", "kedge.agent.nvml_real"):
-        logging.getLogger(name).addHandler(recorder)
-    threading.excepthook = recorder.thread_crash
     failed = watch_failed_queries(nvml_real)
     snapshots = []
     for index in range(backend.gpu_count()):
