@@ -43,7 +43,8 @@ CULPRIT_RANK = 1
 CULPRIT_NODE = "node-b"
 FAULTS = ["sigkill", "sigstop", "gpuhang", "cudaerror", "straggler", "desync"]
 CUDA_ONLY = {"gpuhang", "cudaerror"}
-MIN_TRIAL_S = 45.0  # a fault is not started with less budget than this left
+MIN_TRIAL_S = 45.0
+NEVER_STARTED = "training to reach the fault step"  # a fault is not started with less budget than this left
 BASELINE = Path(__file__).with_name("baseline_pg_timeout.py")
 
 
@@ -74,6 +75,8 @@ class Trial:
     verdicts: list[str] = field(default_factory=list)
     devices: list[str] = field(default_factory=list)
     """Each worker's own line (rank, device, backend), from the agents' logs."""
+    log_tail: list[str] = field(default_factory=list)
+    """When the trial failed: the last error lines of the agents' logs."""
     skipped: str = ""
     error: str = ""
     wall_s: float = 0.0
@@ -124,7 +127,7 @@ def run_trial(fault: str, workdir: Path, device: str, timeouts: Timeouts, budget
             cluster.wait_for(
                 lambda: cluster.last_step() >= FAULT_STEP - 3,
                 budget.cut(timeouts.start_s),
-                "training to reach the fault step",
+                NEVER_STARTED,
             )
             trial.t_fault = inject(cluster, fault, budget)
             wait_outcome(cluster, trial, timeouts, budget)
@@ -133,7 +136,18 @@ def run_trial(fault: str, workdir: Path, device: str, timeouts: Timeouts, budget
         observe(cluster, trial)
     trial.wall_s = round(time.monotonic() - t0, 1)
     trial.devices = worker_devices(workdir)
+    if trial.error:
+        trial.log_tail = error_lines(workdir)
     return trial
+
+
+def error_lines(workdir: Path, most: int = 4) -> list[str]:
+    """The agents' and workers' last error lines (what to read first when a trial failed)."""
+    out: list[str] = []
+    for log in sorted(workdir.glob("agent-*.log")):
+        lines = log.read_text(errors="replace").splitlines()
+        out += [f"{log.stem}: {x.strip()[:200]}" for x in lines if "error" in x.lower()][-most:]
+    return out
 
 
 def worker_devices(workdir: Path) -> list[str]:
@@ -313,9 +327,15 @@ def main(argv: list[str] | None = None) -> int:
             started = start_baselines(args.baseline_pg_timeout_s, args.baseline_deadline_s, root)
         elif args.baseline:
             baselines.append({"fault": "sigkill/sigstop", "error": "skipped: needs CUDA"})
+        broken = ""
         for fault in faults:
             for i in range(args.repeats):
-                trial = _one(fault, root / f"{fault}-{i}", args.device, timeouts, budget)
+                if broken:  # the workload never started: waiting for it again only spends the budget
+                    trial = Trial(fault=fault, skipped=f"no trial runs: {broken}")
+                else:
+                    trial = _one(fault, root / f"{fault}-{i}", args.device, timeouts, budget)
+                if NEVER_STARTED in trial.error:
+                    broken = f"{fault} never reached step {FAULT_STEP}"
                 trials.append(trial)
                 print(json.dumps(_as_dict(trial)), flush=True)
         baselines += finish_baselines(started, min(t0 + args.baseline_deadline_s + 30, budget.deadline))
