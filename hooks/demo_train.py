@@ -15,6 +15,11 @@ KEDGE_DEMO_FAULT=KIND:RANK:STEP[,...] in incarnation KEDGE_DEMO_FAULT_INCARNATIO
 Kinds: sigkill, sigstop, gil (C call holding the GIL), nogil (blocked without the GIL), desync (skip
 one collective), straggler (this rank 1.5x slower from STEP on; `straggler1.2` etc. for other
 factors), pause (benign 2 s pause on one rank, like a checkpoint or GC).
+GPU-only kinds (the worker refuses them without CUDA): gpuhang (a `torch.cuda._sleep` kernel that spins
+for about an hour; the host runs on until its next sync point), cudaerror (an out-of-range index on
+the device: a device-side assert poisons the CUDA context, surfacing at the next sync), gpustraggler
+(from STEP on, a `torch.cuda._sleep` of 1.5x `--step-s` per step on this rank's stream, so its GPU
+and no longer its host paces the job; `gpustraggler1.2` etc. for other factors).
 """
 
 from __future__ import annotations
@@ -97,6 +102,67 @@ def inject(kind: str) -> None:
         time.sleep(2.0)
 
 
+GPU_FAULTS = ("gpuhang", "cudaerror", "gpustraggler")
+HANG_CYCLES = 1 << 42  # ~1 h of spinning at ~1.5 GHz; the process is killed long before
+
+
+def inject_gpu(kind: str, device: torch.device) -> None:
+    """GPU faults that break the device, not the host."""
+    if kind == "gpuhang":
+        torch.cuda._sleep(HANG_CYCLES)  # type: ignore[no-untyped-call]
+    elif kind == "cudaerror":
+        bad = torch.tensor([1 << 30], device=device)
+        torch.zeros(4, device=device)[bad] += 1.0  # device-side assert: index out of bounds
+        torch.cuda.synchronize(device)  # the sticky error surfaces here (RuntimeError), as in real jobs
+
+
+def gpu_cycles_per_s(device: torch.device) -> float:
+    """The rate of `torch.cuda._sleep` cycles, timed once (a sync: only when the fault starts)."""
+    start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+    end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+    cycles = 50_000_000
+    start.record()
+    torch.cuda._sleep(cycles)  # type: ignore[no-untyped-call]
+    end.record()
+    end.synchronize()
+    return cycles / max(float(start.elapsed_time(end)) / 1000.0, 1e-6)
+
+
+class Faults:
+    """This rank's injected faults: one-off ones at their step, stragglers on every later step."""
+
+    def __init__(self, rank: int, device: torch.device, step_s: float) -> None:
+        self.by_step = faults_for(rank)
+        self.device = device
+        self.step_s = step_s
+        self.slow = 1.0
+        self.gpu_sleep_cycles = 0
+        gpu_only = [k for k in self.by_step.values() if k.startswith(GPU_FAULTS)]
+        if gpu_only and device.type != "cuda":
+            raise SystemExit(f"demo_train: fault {gpu_only[0]} needs CUDA (this rank runs on {device})")
+
+    def at(self, step: int, log_path: str, rank: int) -> str:
+        """Injects this step's fault (if any) and returns its kind."""
+        kind = self.by_step.get(step, "")
+        if kind:
+            record_fault(log_path, kind, rank, step)
+        if kind.startswith("gpustraggler"):
+            factor = float(kind.removeprefix("gpustraggler") or 1.5)
+            self.gpu_sleep_cycles = int(factor * self.step_s * gpu_cycles_per_s(self.device))
+        elif kind.startswith("straggler"):
+            self.slow = float(kind.removeprefix("straggler") or 1.5)
+        elif kind.startswith(GPU_FAULTS):
+            inject_gpu(kind, self.device)
+        elif kind and kind != "desync":
+            inject(kind)
+        return kind
+
+    def per_step(self) -> None:
+        """The straggler's extra GPU time, queued on this rank's stream."""
+        if self.gpu_sleep_cycles:
+            torch.cuda._sleep(self.gpu_sleep_cycles)  # type: ignore[no-untyped-call]
+
+
 def record_fault(log_path: str, kind: str, rank: int, step: int) -> None:
     """The faulty rank notes when it broke itself (`<log>.faults`), so benchmarks can time from it."""
     if log_path:
@@ -155,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
+    # one line per rank in the agent's log: benchmarks check that every rank got its own GPU
+    print(f"demo_train rank={rank} device={device} backend={dist.get_backend()}", file=sys.stderr, flush=True)
     log = EventLog(args.log, rank)
     model, optim = build(args, device)
     ck = kc.Checkpointer(args.ckpt, keep_local=3)
@@ -165,19 +233,13 @@ def main(argv: list[str] | None = None) -> int:
         start = ck.load(state, step=None if restore < 0 else restore)
     incarnation = int(os.environ.get("KEDGE_INCARNATION", "0"))
     log.write("start", step=start, world=world, incarnation=incarnation, resumed=start > 0)
-    faults = faults_for(rank)
-    slow = 1.0
+    faults = Faults(rank, device, args.step_s)
     loss_sum = torch.zeros(1, device=device)
     for step in range(start + 1, args.steps + 1):
-        kind = faults.get(step, "")
-        if kind:
-            record_fault(args.log, kind, rank, step)
-        if kind.startswith("straggler"):
-            slow = float(kind.removeprefix("straggler") or 1.5)
-        elif kind and kind != "desync":
-            inject(kind)
+        kind = faults.at(step, args.log, rank)
         tokens = batch_for(step, args, rank, world, device)
-        time.sleep(args.step_s * slow)  # the model is tiny: this stands for the compute of a real step
+        faults.per_step()
+        time.sleep(args.step_s * faults.slow)  # the model is tiny: this stands for the compute of a real step
         logits = model(tokens[:, :-1])
         loss = nn.functional.cross_entropy(logits.reshape(-1, args.vocab), tokens[:, 1:].reshape(-1))
         loss.backward()  # type: ignore[no-untyped-call]

@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 
+from gpu_machine import machine_line
+
 WORKER = r"""
 import datetime, os, sys, time, torch, torch.distributed as dist
 rank = int(os.environ["RANK"])
@@ -101,9 +103,14 @@ def main() -> None:
     ap.add_argument("--timeout-s", type=float, default=20.0)
     ap.add_argument("--fault", choices=["sigkill", "sigstop"], default="sigkill")
     ap.add_argument("--deadline-s", type=float, default=300.0)
+    ap.add_argument("--json", default="", help="also write the result here")
     args = ap.parse_args()
+    print(machine_line(), flush=True)
     result = run_once(args.timeout_s, args.fault, args.deadline_s)
     print(json.dumps(result, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":
