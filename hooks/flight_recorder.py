@@ -47,6 +47,8 @@ class Record:
     created_wall_ns: int
     started_wall_ns: int
     completed_wall_ns: int
+    device_duration_ns: int = 0
+    """The collective's time on the device (CUDA events; NCCL with TORCH_NCCL_ENABLE_TIMING), else 0."""
 
 
 _DTYPE_BYTES = {"Float": 4, "Double": 8, "Half": 2, "BFloat16": 2, "Long": 8, "Int": 4, "Byte": 1, "Char": 1}
@@ -137,4 +139,5 @@ def _to_record(entry: dict[str, Any]) -> Record:
         created_wall_ns=int(entry.get("time_created_ns", 0)),
         started_wall_ns=int(entry.get("time_discovered_started_ns") or 0),
         completed_wall_ns=int(entry.get("time_discovered_completed_ns") or 0),
+        device_duration_ns=int(float(entry.get("duration_ms") or 0.0) * 1e6),
     )

@@ -103,6 +103,11 @@ class Runtime:
         for var in BUFFER_ENV_VARS[:1]:
             # Flight Recorder is armed by the environment when the process group is created.
             os.environ.setdefault(var, str(DEFAULT_BUFFER_ENTRIES))
+        # NCCL collectives are timed on the device (a start event per collective), the only timing
+        # that says which rank reached a collective last on an asynchronous device. KEDGE_NCCL_TIMING=0
+        # turns it off (then no straggler is inferred on NCCL); an explicit TORCH_NCCL_ENABLE_TIMING wins.
+        if os.environ.get("KEDGE_NCCL_TIMING", "1") != "0":
+            os.environ.setdefault("TORCH_NCCL_ENABLE_TIMING", "1")
         if cfg.progress_page:
             self._page = ProgressPage(
                 cfg.progress_page,
@@ -186,9 +191,13 @@ class Runtime:
             steps.append(self._pending_steps.popleft())
         records = self._recorder.records(after_seq) if self._recorder.available else []
         dropped = max(0, len(records) - MAX_RECORDS_PER_BATCH)
+        async_device = bool(records) and _nccl_backend()
         batch = Batch(
             steps=steps,
-            collectives=[_record_fields(r, self.step_value) for r in records[-MAX_RECORDS_PER_BATCH:]],
+            collectives=[
+                _record_fields(r, self.step_value, async_device=async_device)
+                for r in records[-MAX_RECORDS_PER_BATCH:]
+            ],
             dropped_records=self.dropped_records + dropped,
             gauges={"flight_recorder_dump_s": self._recorder.dump_s},
         )
@@ -239,18 +248,41 @@ def _abort_process_groups() -> None:
             abort()
 
 
-def _record_fields(rec: Any, step: int) -> dict[str, int | str]:
+def _record_fields(rec: Any, step: int, *, async_device: bool = False) -> dict[str, int | str]:
+    """Wire fields of one record. The coordinator times a collective as complete - start (or -
+    enqueue): the rank with the shortest time arrived last. With a device-measured duration, start is
+    placed that long before completion. On an asynchronous device (NCCL) without one, the CPU's
+    enqueue time says nothing about when the rank reached the collective (the CPU runs ahead, and a
+    rank that syncs lags behind in CPU time though its GPU is early), and completion is only
+    discovered by polling: no timing is sent then, so no straggler is inferred from it."""
+    enqueue_ns = _wall_to_mono(rec.created_wall_ns)
+    start_ns = _wall_to_mono(rec.started_wall_ns)
+    complete_ns = _wall_to_mono(rec.completed_wall_ns)
+    if rec.device_duration_ns > 0 and complete_ns > 0:
+        start_ns = complete_ns - rec.device_duration_ns
+    elif async_device:
+        enqueue_ns = start_ns = 0
     return {
         "group": rec.group,
         "seq": rec.seq,
         "op": rec.op,
         "size_bytes": rec.size_bytes,
         "state": rec.state,
-        "enqueue_mono_ns": _wall_to_mono(rec.created_wall_ns),
-        "start_mono_ns": _wall_to_mono(rec.started_wall_ns),
-        "complete_mono_ns": _wall_to_mono(rec.completed_wall_ns),
+        "enqueue_mono_ns": enqueue_ns,
+        "start_mono_ns": start_ns,
+        "complete_mono_ns": complete_ns,
         "step": step,
     }
+
+
+def _nccl_backend() -> bool:
+    """Whether the default process group runs on NCCL (read from the side thread; no collective)."""
+    try:
+        import torch.distributed as dist
+
+        return dist.is_initialized() and "nccl" in str(dist.get_backend()).lower()
+    except (ImportError, RuntimeError, ValueError):
+        return False
 
 
 def _wall_to_mono(wall_ns: int) -> int:
