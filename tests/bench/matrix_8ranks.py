@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import signal
 import sys
@@ -136,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         started = time.time()
         trials = run(workdir, args.timeout_s)
     print(
-        f"machine: {platform.processor() or '?'}; python {platform.python_version()}; {time.time() - started:.0f} s"
+        f"machine: {_cpu()}; {os.cpu_count()} cores; python {platform.python_version()};"
+        f" {time.time() - started:.0f} s"
     )
     header = [
         "fault",
@@ -160,6 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(t) for t in trials], indent=2))
     return 0 if all(not t.error for t in trials) else 1
+
+
+def _cpu() -> str:
+    info = Path("/proc/cpuinfo")
+    for line in info.read_text().splitlines() if info.exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "?"
 
 
 def _f(value: float | None) -> str:
