@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kedge.coordinator.core import Config
+from fault_matrix import bench_config  # tests/bench, this script's folder
 from kedge.coordinator.local_cluster import ClusterSpec, LocalCluster
 
 NODES = ("node-a", "node-b")
@@ -45,17 +45,6 @@ class Trial:
     resumed_from: int | None = None
     error: str = ""
     verdicts: list[str] = field(default_factory=list)
-
-
-def config() -> Config:
-    c = Config(lease_ttl_s=3.0, heartbeat_interval_s=0.5, tick_interval_s=0.1, start_min_nodes=2)
-    c.collateral_grace_s = 3.5
-    c.start_settle_s = 0.5
-    c.executor.master_port = 0
-    c.executor.stop_grace_s = 2.0
-    c.policy.restart_budget = 100
-    c.policy.isolate_after_repeats = 100
-    return c
 
 
 def inject(cluster: LocalCluster, trial: Trial) -> None:
@@ -109,7 +98,7 @@ def run(workdir: Path, timeout_s: float) -> list[Trial]:
         nodes=NODES,
         nproc_per_node=NPROC,
         train_args=["--steps", "100000", "--ckpt-every", "5", "--step-s", "0.05"],
-        config=config(),
+        config=bench_config(),  # the 4-rank matrix's settings: short leases, unlimited restarts
     )
     with LocalCluster(spec) as cluster:
         cluster.start()
