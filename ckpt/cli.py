@@ -15,16 +15,10 @@ from typing import Any
 
 import click
 
-NOT_IMPLEMENTED_EXIT = 2
 BAD_INPUT_EXIT = 2
 CORRUPT_EXIT = 1
 # convert: a failure while writing the output (full disk, permissions), as opposed to bad input.
 FAILED_EXIT = 1
-
-
-def _not_implemented(what: str) -> None:
-    click.echo(f"ckpt {what}: not implemented yet", err=True)
-    sys.exit(NOT_IMPLEMENTED_EXIT)
 
 
 @contextmanager

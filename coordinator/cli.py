@@ -14,14 +14,6 @@ from typing import Any
 
 import click
 
-NOT_IMPLEMENTED_EXIT = 2
-
-
-def not_implemented(what: str) -> None:
-    """Says that a subcommand is a skeleton and exits 2, so nothing claims it as done."""
-    click.echo(f"kedge {what}: not implemented yet", err=True)
-    sys.exit(NOT_IMPLEMENTED_EXIT)
-
 
 class LazyGroup(click.Group):
     """A group whose listed subcommands are imported only when they are invoked (or asked for help)."""
